@@ -1,0 +1,7 @@
+"""``python -m bljust ...`` (and ``torchrun ... -m bljust train ...``)."""
+
+import sys
+
+from bljust.cli import main
+
+sys.exit(main())

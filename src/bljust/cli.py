@@ -1,0 +1,237 @@
+"""The ``bljust`` command line: corpus, train, evaluate, transcribe, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+log = logging.getLogger("bljust")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _recipe(name: str) -> Path:
+    path = REPO_RECIPES / name
+    if not path.is_file():
+        raise SystemExit(f"bljust: recipe {path} not found; pass --config explicitly")
+    return path
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def cmd_corpus_synth(args) -> int:
+    from bljust.data.synth import format_summary, synthesize_corpus
+
+    summary = synthesize_corpus(args.out_dir, labeled_minutes=args.labeled_minutes,
+                                unlabeled_minutes=args.unlabeled_minutes, dev_minutes=args.dev_minutes,
+                                test_minutes=args.test_minutes, seed=args.seed, jobs=args.jobs,
+                                progress=not args.quiet)
+    print(format_summary(summary))
+    print(f"corpus written to {args.out_dir}")
+    return 0
+
+
+def cmd_corpus_import(args) -> int:
+    from bljust.data import importers
+
+    labeled = False if args.unlabeled else None
+    if args.audio_dir:
+        report = importers.import_folder(Path(args.audio_dir), Path(args.out_dir), args.split,
+                                         transcripts=Path(args.transcripts) if args.transcripts else None,
+                                         resample=args.resample)
+    else:
+        if args.manifests:
+            rec, sup = (Path(p) for p in args.manifests)
+        elif args.lhotse_dir:
+            if not args.part:
+                raise SystemExit("bljust corpus import: --lhotse-dir needs --part (e.g. train-clean-100)")
+            rec, sup = importers.find_lhotse_manifests(Path(args.lhotse_dir), args.part)
+        else:
+            raise SystemExit("bljust corpus import: give --audio-dir, --manifests REC SUP, or --lhotse-dir DIR --part P")
+        report = importers.import_lhotse_manifests(rec, sup, Path(args.out_dir), args.split, labeled=labeled,
+                                                   resample=args.resample)
+    print(report.summary())
+    return 0
+
+
+# ---------------------------------------------------------------- training and use
+
+
+def _load_train_config(args):
+    from bljust.config import load_config
+
+    config = args.config
+    if config is None and args.resume and (Path(args.out) / "config.yaml").is_file():
+        config = Path(args.out) / "config.yaml"  # resume what was run, unless told otherwise
+    return load_config(config, args.set or [])
+
+
+def cmd_train(args) -> int:
+    from bljust.methods import supervised
+
+    cfg = _load_train_config(args)
+    if args.method != "supervised":
+        raise SystemExit(f"bljust train: method {args.method!r} is not available yet")
+    summary = supervised.train(cfg, args.data, args.out, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def evaluate_run(run: Path, data: Path, split: str, device: str = "cpu", max_duration: float = 120.0) -> dict:
+    import torch
+
+    from bljust.data.manifests import load_split
+    from bljust.evaluate import NORMALIZATION, decode_cuts, score, write_hypotheses
+    from bljust.inference import load_trained, model_path
+
+    model, tokenizer, _ = load_trained(run, device)
+    cuts = load_split(data, split)
+    decoded = decode_cuts(model, tokenizer, cuts, torch.device(device), max_duration=max_duration)
+    result = score(decoded)
+    result.update({"split": split, "data": str(data), "model": str(model_path(run)),
+                   "normalization": NORMALIZATION, "decoding": "greedy CTC"})
+    out_dir = (run if run.is_dir() else run.parent) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{split}.json").write_text(json.dumps(result, indent=2))
+    write_hypotheses(out_dir / f"{split}.hyp.txt", decoded)
+    return result
+
+
+def cmd_evaluate(args) -> int:
+    result = evaluate_run(Path(args.run), Path(args.data), args.split, args.device)
+    print(f"{args.split}: WER {100 * result['wer']:.2f}%  CER {100 * result['cer']:.2f}%  "
+          f"({result['num_utterances']} utterances, {result['num_words']} words; {result['decoding']}; "
+          f"normalisation: {result['normalization']})")
+    return 0
+
+
+def cmd_transcribe(args) -> int:
+    import torch
+
+    from bljust.inference import load_trained, transcribe_files
+
+    model, tokenizer, _ = load_trained(args.run, args.device)
+    failures = 0
+    for path, text, error in transcribe_files(model, tokenizer, args.files, torch.device(args.device)):
+        if error is not None:
+            failures += 1
+            print(f"bljust transcribe: {path}: {error}", file=sys.stderr)
+        else:
+            print(f"{path}\t{text}", flush=True)
+    return 1 if failures else 0
+
+
+def cmd_demo(args) -> int:
+    from bljust.config import load_config
+    from bljust.data.manifests import SPLITS, has_split
+    from bljust.methods import supervised
+
+    data, out = Path(args.data), Path(args.out)
+    if not all(has_split(data, s) for s in SPLITS):
+        from bljust.data.synth import format_summary, synthesize_corpus
+
+        print(f"generating the demo corpus in {data} ...", file=sys.stderr)
+        print(format_summary(synthesize_corpus(data, seed=args.seed, jobs=args.jobs)))
+    cfg = load_config(args.config or _recipe("demo.yaml"), args.set or [])
+    run = out / "supervised"
+    resume = (run / "checkpoints").is_dir()
+    supervised.train(cfg, data, run, resume=resume)
+    lines = []
+    for split in ("dev", "test"):
+        r = evaluate_run(run, data, split)
+        lines.append(f"| supervised | {split} | {100 * r['wer']:.1f} | {100 * r['cer']:.1f} | {r['num_utterances']} |")
+    print("\n| method | split | WER % | CER % | utterances |\n|---|---|---|---|---|\n" + "\n".join(lines))
+    print(f"\nrun directory: {run} (best.pt, metrics.jsonl, tb/, eval/)")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bljust", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    corpus = sub.add_parser("corpus", help="make or import a data directory").add_subparsers(dest="corpus_command",
+                                                                                             required=True)
+    s = corpus.add_parser("synth", help="generate the synthetic demo corpus")
+    s.add_argument("out_dir")
+    s.add_argument("--labeled-minutes", type=float, default=30.0)
+    s.add_argument("--unlabeled-minutes", type=float, default=120.0)
+    s.add_argument("--dev-minutes", type=float, default=8.0)
+    s.add_argument("--test-minutes", type=float, default=8.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--jobs", type=int, default=2, help="parallel synthesis processes")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_corpus_synth)
+
+    i = corpus.add_parser("import", help="import lhotse manifests or a folder of audio as one split")
+    i.add_argument("out_dir")
+    i.add_argument("--split", required=True, choices=["labeled", "unlabeled", "dev", "test"])
+    i.add_argument("--manifests", nargs=2, metavar=("RECORDINGS", "SUPERVISIONS"),
+                   help="a lhotse recordings and supervisions manifest")
+    i.add_argument("--lhotse-dir", help="output directory of 'lhotse prepare ...'")
+    i.add_argument("--part", help="which part of --lhotse-dir, e.g. train-clean-100")
+    i.add_argument("--audio-dir", help="a folder of audio files (searched recursively)")
+    i.add_argument("--transcripts", help="with --audio-dir: lines '<utt-id> <transcript>'")
+    i.add_argument("--unlabeled", action="store_true", help="drop transcripts (use labeled data as unlabeled)")
+    i.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz when loaded")
+    i.set_defaults(func=cmd_corpus_import)
+
+    t = sub.add_parser("train", help="train a model")
+    t.add_argument("--data", required=True, help="data directory (labeled, unlabeled, dev splits)")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--method", default="supervised", choices=["supervised", "ptft", "just", "pl", "bljust"])
+    t.add_argument("--config", help="YAML config (e.g. recipes/demo.yaml)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.max_steps=100")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="WER/CER of a trained model on a split")
+    e.add_argument("run", help="run directory or model file")
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="test")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_evaluate)
+
+    tr = sub.add_parser("transcribe", help="transcribe audio files: one 'FILE<TAB>TEXT' line each")
+    tr.add_argument("run", help="run directory or model file")
+    tr.add_argument("files", nargs="+")
+    tr.add_argument("--device", default="cpu")
+    tr.set_defaults(func=cmd_transcribe)
+
+    d = sub.add_parser("demo", help="generate the demo corpus, train and evaluate")
+    d.add_argument("--data", default="data/demo")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--config", help="defaults to recipes/demo.yaml")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE")
+    d.add_argument("--seed", type=int, default=0, help="corpus seed")
+    d.add_argument("--jobs", type=int, default=2)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from bljust.config import ConfigError
+
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"bljust: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Batches of audio: utterance filtering, lhotse bucketing samplers, resumable streams.
+
+Training is counted in steps, not epochs, and every data stream cycles: a stream never runs
+dry, so DDP ranks that receive different numbers of batches per epoch never wait on each
+other, and the labeled and unlabeled streams of the semi-supervised methods can have any
+ratio. A stream's position (epoch, batches consumed) is part of every checkpoint; resuming
+replays the sampler (cheap: no audio is read) to the same position.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+from torch.utils.data import DataLoader, Dataset
+
+from bljust.data.features import num_frames
+from bljust.data.manifests import SAMPLE_RATE, cut_text
+
+log = logging.getLogger("bljust.data")
+
+# Our cut sets are eager by design (they are filtered and counted up front).
+warnings.filterwarnings("ignore", message=".*with an eagerly read CutSet.*")
+
+
+@dataclass
+class FilterReport:
+    """What a filter kept and dropped, with a reason per dropped utterance."""
+
+    split: str
+    kept: int = 0
+    kept_seconds: float = 0.0
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self, max_lines: int = 20) -> str:
+        reasons = Counter(r.split(":")[0] for _, r in self.dropped)
+        head = f"{self.split}: kept {self.kept} utterances ({self.kept_seconds / 3600:.2f} h)"
+        if not self.dropped:
+            return head
+        lines = [head + f"; dropped {len(self.dropped)}: " + ", ".join(f"{n} {r}" for r, n in reasons.most_common())]
+        lines += [f"  {cid}: {reason}" for cid, reason in self.dropped[:max_lines]]
+        if len(self.dropped) > max_lines:
+            lines.append(f"  ... and {len(self.dropped) - max_lines} more")
+        return "\n".join(lines)
+
+
+def filter_cuts(cuts: CutSet, split: str, *, min_seconds: float, max_seconds: float,
+                tokenizer=None, output_frames: Callable[[int], int] | None = None) -> tuple[CutSet, FilterReport]:
+    """Drop utterances that cannot train, each with a logged reason.
+
+    With a tokenizer, the cut needs a transcript that maps to known units, and no more units
+    than encoder output frames (CTC's loss is infinite otherwise).
+    """
+    report = FilterReport(split)
+    kept = []
+    for cut in cuts:
+        reason = None
+        if cut.duration < min_seconds:
+            reason = f"too short: {cut.duration:.2f} s < {min_seconds} s"
+        elif cut.duration > max_seconds:
+            reason = f"too long: {cut.duration:.2f} s > {max_seconds} s"
+        elif tokenizer is not None:
+            text = cut_text(cut)
+            if not text:
+                reason = "no transcript"
+            elif not tokenizer.can_encode(text):
+                reason = f"transcript has units the tokenizer does not know: {text!r}"
+            elif output_frames is not None:
+                n_tok = len(tokenizer.encode(text))
+                n_frames = output_frames(int(num_frames(cut.num_samples or round(cut.duration * SAMPLE_RATE))))
+                if n_tok > n_frames:
+                    reason = f"more tokens than encoder frames: {n_tok} tokens > {n_frames} frames"
+        if reason is None:
+            kept.append(cut)
+            report.kept += 1
+            report.kept_seconds += cut.duration
+        else:
+            report.dropped.append((cut.id, reason))
+    if report.dropped:
+        log.warning(report.summary())
+    if not kept:
+        raise ValueError(f"no usable utterances left in split '{split}': " + report.summary(max_lines=5))
+    return CutSet.from_cuts(kept), report
+
+
+class AudioDataset(Dataset):
+    """lhotse-style map dataset: a CutSet batch in, padded waveforms out.
+
+    Audio that fails to load is dropped from the batch with a logged reason naming the file,
+    so one corrupt file cannot stop a long run.
+    """
+
+    def __getitem__(self, cuts: CutSet) -> dict:
+        wavs, ids, texts, durations, failed = [], [], [], [], []
+        for cut in cuts:
+            try:
+                audio = cut.load_audio()
+                if audio.ndim != 2 or audio.shape[1] == 0:
+                    raise ValueError(f"empty or malformed audio array of shape {audio.shape}")
+            except Exception as e:  # noqa: BLE001 - any decoder error is a per-file skip
+                source = cut.recording.sources[0].source if cut.has_recording else cut.id
+                log.warning("skipping %s (%s): cannot load audio: %s", cut.id, source, e)
+                failed.append(cut.id)
+                continue
+            wavs.append(torch.from_numpy(audio[0]).float())
+            ids.append(cut.id)
+            texts.append(cut_text(cut))
+            durations.append(cut.duration)
+        lens = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
+        wav = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True) if wavs else torch.zeros(0, 0)
+        return {"wav": wav, "wav_lens": lens, "ids": ids, "texts": texts,
+                "seconds": float(sum(durations)), "failed": failed}
+
+
+class _SkipSampler(torch.utils.data.Sampler):
+    """Replays a lhotse sampler for one epoch, skipping the batches already consumed."""
+
+    def __init__(self, sampler, epoch: int, skip: int):
+        self.sampler, self.epoch, self.skip = sampler, epoch, skip
+
+    def __iter__(self):
+        self.sampler.set_epoch(self.epoch)
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+
+class BatchStream:
+    """An endless, resumable stream of training batches over one split.
+
+    ``position`` = (epoch, batches consumed in that epoch) is all that a checkpoint needs.
+    """
+
+    def __init__(self, cuts: CutSet, name: str, *, max_duration: float, num_buckets: int, seed: int,
+                 shuffle: bool = True, world_size: int = 1, rank: int = 0, num_workers: int = 0,
+                 buffer_size: int = 20000):
+        self.name = name
+        self.sampler = DynamicBucketingSampler(
+            cuts, max_duration=max_duration, num_buckets=min(num_buckets, max(1, len(cuts) // 2)),
+            shuffle=shuffle, drop_last=False, seed=seed, world_size=world_size, rank=rank,
+            buffer_size=buffer_size)
+        self.num_workers = num_workers
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._it: Iterator | None = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self._it = None
+
+    def _start_epoch(self) -> Iterator:
+        # Its own generator: a DataLoader draws a worker seed when iterated, and drawing it from
+        # the global RNG would shift dropout masks after a resume.
+        loader = DataLoader(AudioDataset(), sampler=_SkipSampler(self.sampler, self.epoch, self.batch_in_epoch),
+                            batch_size=None, num_workers=self.num_workers, generator=torch.Generator().manual_seed(0),
+                            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+        return iter(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        empty_epochs = 0
+        while True:
+            if self._it is None:
+                self._it = self._start_epoch()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                if self.batch_in_epoch == 0:
+                    empty_epochs += 1
+                    if empty_epochs > 1:
+                        raise RuntimeError(f"the '{self.name}' split yields no batches for this process")
+                self._it = None
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                continue
+            self.batch_in_epoch += 1
+            return batch
+
+
+def eval_batches(cuts: CutSet, max_duration: float, num_workers: int = 0) -> Iterator[dict]:
+    """One ordered pass over ``cuts`` for evaluation and decoding."""
+    sampler = DynamicCutSampler(cuts, max_duration=max_duration, shuffle=False)
+    loader = DataLoader(AudioDataset(), sampler=sampler, batch_size=None, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(0))
+    yield from loader

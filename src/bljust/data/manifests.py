@@ -1,0 +1,70 @@
+"""The on-disk layout of a bljust data directory.
+
+A data directory holds, per split, lhotse manifests in lhotse's own format:
+``{split}_recordings.jsonl.gz`` and ``{split}_supervisions.jsonl.gz``. The demo corpus
+generator, ``bljust corpus import`` and any lhotse recipe output (after import) share it, so
+one loader serves all. Unlabeled supervisions carry no text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lhotse import CutSet, RecordingSet, SupervisionSet
+
+SPLITS = ("labeled", "unlabeled", "dev", "test")
+SAMPLE_RATE = 16000
+
+
+def manifest_paths(data_dir: str | Path, split: str) -> tuple[Path, Path]:
+    d = Path(data_dir)
+    return d / f"{split}_recordings.jsonl.gz", d / f"{split}_supervisions.jsonl.gz"
+
+
+def write_split(data_dir: str | Path, split: str, recordings: RecordingSet, supervisions: SupervisionSet) -> None:
+    """Write one split's manifests (through a temporary name, so a crash leaves no half file)."""
+    rec_path, sup_path = manifest_paths(data_dir, split)
+    rec_path.parent.mkdir(parents=True, exist_ok=True)
+    for obj, path in ((recordings, rec_path), (supervisions, sup_path)):
+        tmp = path.with_name(path.name.replace(".jsonl.gz", ".tmp.jsonl.gz"))
+        obj.to_file(tmp)
+        tmp.replace(path)
+
+
+def has_split(data_dir: str | Path, split: str) -> bool:
+    return all(p.is_file() for p in manifest_paths(data_dir, split))
+
+
+def load_split(data_dir: str | Path, split: str) -> CutSet:
+    """One cut per supervision segment of ``split``, in manifest order."""
+    rec_path, sup_path = manifest_paths(data_dir, split)
+    missing = [str(p) for p in (rec_path, sup_path) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"data directory {data_dir} has no '{split}' split: missing {', '.join(missing)} "
+            f"(make one with 'bljust corpus synth' or 'bljust corpus import')")
+    recordings = RecordingSet.from_file(rec_path)
+    supervisions = SupervisionSet.from_file(sup_path)
+    cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
+    # One cut per segment: trims recordings that hold several utterances (e.g. long TED talks).
+    return cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
+
+
+def cut_text(cut) -> str | None:
+    """The transcript of a single-supervision cut, or None when unlabeled."""
+    if not cut.supervisions:
+        return None
+    texts = [s.text for s in cut.supervisions if s.text]
+    return " ".join(texts) if texts else None
+
+
+def cut_speaker(cut) -> str | None:
+    return cut.supervisions[0].speaker if cut.supervisions else None
+
+
+def cut_group(cut) -> str | None:
+    """The voice family / speaker group of a cut when the corpus records one (``custom['group']``)."""
+    if not cut.supervisions:
+        return None
+    custom = cut.supervisions[0].custom or {}
+    return custom.get("group")

@@ -1,0 +1,82 @@
+"""Corpus-level WER and CER with jiwer, and decoding a split with a trained model.
+
+Normalisation (stated in every report): both reference and hypothesis go through
+``normalize_transcript``: upper case, letters A–Z and apostrophes only, single spaces.
+WER = total word edits / total reference words; CER the same over characters, spaces included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jiwer
+import torch
+
+from bljust.data.loader import eval_batches
+from bljust.data.text import normalize_transcript
+from bljust.decode import greedy_ctc
+from bljust.models.asr import ctc_loss_sum
+
+NORMALIZATION = "upper case; letters A-Z, apostrophes and single spaces kept, everything else removed"
+
+
+def error_rates(refs: list[str], hyps: list[str]) -> dict:
+    """Corpus-level WER and CER of hypotheses against references (utterances with empty references are skipped)."""
+    pairs = [(normalize_transcript(r), normalize_transcript(h)) for r, h in zip(refs, hyps)]
+    pairs = [(r, h) for r, h in pairs if r]
+    if not pairs:
+        raise ValueError("no utterance with a non-empty reference to score")
+    r, h = [p[0] for p in pairs], [p[1] for p in pairs]
+    words = jiwer.process_words(r, h)
+    chars = jiwer.process_characters(r, h)
+    num_words = sum(len(x.split()) for x in r)
+    num_chars = sum(len(x) for x in r)
+    return {
+        "wer": words.wer, "cer": chars.cer, "num_utterances": len(pairs), "num_words": num_words,
+        "num_chars": num_chars,
+        "word_errors": {"sub": words.substitutions, "del": words.deletions, "ins": words.insertions},
+    }
+
+
+@torch.no_grad()
+def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: float = 120.0,
+                with_loss: bool = True, num_workers: int = 0) -> dict:
+    """Greedy-decode ``cuts``; returns hypotheses, references and the mean CTC loss per token."""
+    was_training = model.training
+    model.eval()
+    hyps: dict[str, str] = {}
+    refs: dict[str, str | None] = {}
+    loss_sum, loss_tokens = 0.0, 0
+    for batch in eval_batches(cuts, max_duration, num_workers):
+        if not batch["ids"]:
+            continue
+        wav, wav_lens = batch["wav"].to(device), batch["wav_lens"].to(device)
+        feats, feat_lens = model.frontend(wav, wav_lens)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            log_probs, lens = model(feats, feat_lens)
+        seqs, _ = greedy_ctc(log_probs, lens)
+        for cid, seq, text in zip(batch["ids"], seqs, batch["texts"]):
+            hyps[cid] = tokenizer.decode(seq)
+            refs[cid] = text
+        if with_loss and all(batch["texts"]):
+            targets = [tokenizer.encode(t) for t in batch["texts"]]
+            loss = ctc_loss_sum(log_probs, lens, targets)
+            if torch.isfinite(loss):
+                loss_sum += float(loss)
+                loss_tokens += sum(len(t) for t in targets)
+    model.train(was_training)
+    return {"hyps": hyps, "refs": refs, "loss": loss_sum / max(loss_tokens, 1) if loss_tokens else float("nan")}
+
+
+def score(decoded: dict) -> dict:
+    ids = [i for i, r in decoded["refs"].items() if r]
+    result = error_rates([decoded["refs"][i] for i in ids], [decoded["hyps"][i] for i in ids])
+    result["loss"] = decoded["loss"]
+    return result
+
+
+def write_hypotheses(path: Path, decoded: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for cid, hyp in decoded["hyps"].items():
+            f.write(f"{cid}\tREF: {decoded['refs'].get(cid) or ''}\n{cid}\tHYP: {hyp}\n")

@@ -1,0 +1,95 @@
+"""Loading a trained model and transcribing audio files with it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from bljust.checkpoint import load
+from bljust.config import Config, config_from_dict
+from bljust.data.manifests import SAMPLE_RATE
+from bljust.data.tokenizer import Tokenizer, tokenizer_from_state
+from bljust.decode import greedy_ctc
+from bljust.models.asr import CTCModel
+
+log = logging.getLogger("bljust.inference")
+
+
+def model_path(run_or_file: str | Path) -> Path:
+    """A run directory's best.pt (else its newest checkpoint), or the file itself."""
+    p = Path(run_or_file)
+    if p.is_file():
+        return p
+    if (p / "best.pt").is_file():
+        return p / "best.pt"
+    ckpts = sorted((p / "checkpoints").glob("step-*.pt"))
+    if ckpts:
+        return ckpts[-1]
+    raise FileNotFoundError(f"{p} holds no trained model (no best.pt and no checkpoints/step-*.pt)")
+
+
+def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") -> tuple[CTCModel, Tokenizer, Config]:
+    state = load(model_path(run_or_file))
+    cfg = config_from_dict(state["config"])
+    tokenizer = tokenizer_from_state(state["tokenizer"])
+    model = CTCModel(cfg, tokenizer.vocab_size)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), tokenizer, cfg
+
+
+def read_audio(path: str | Path) -> np.ndarray:
+    """Mono float32 audio at 16 kHz; other rates are resampled, several channels averaged."""
+    if not Path(path).is_file():
+        raise FileNotFoundError("no such file")
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # noqa: BLE001 - name the file and the decoder's reason
+        raise ValueError(f"cannot read audio: {e}") from e
+    if audio.shape[0] == 0:
+        raise ValueError("the file holds no samples")
+    audio = audio.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        from scipy.signal import resample_poly
+
+        g = np.gcd(sr, SAMPLE_RATE)
+        audio = resample_poly(audio, SAMPLE_RATE // g, sr // g).astype(np.float32)
+    return audio
+
+
+@torch.no_grad()
+def transcribe_files(model: CTCModel, tokenizer: Tokenizer, paths: list[str], device: torch.device,
+                     max_seconds_per_batch: float = 120.0):
+    """Yields (path, text, error) in input order; a file that cannot be read gets an error, not an exception."""
+    pending: list[tuple[str, np.ndarray]] = []
+
+    def flush():
+        wavs = [torch.from_numpy(a) for _, a in pending]
+        lens = torch.tensor([w.numel() for w in wavs])
+        wav = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
+        feats, feat_lens = model.frontend(wav, lens.to(device))
+        log_probs, out_lens = model(feats, feat_lens)
+        seqs, _ = greedy_ctc(log_probs, out_lens)
+        out = [(p, tokenizer.decode(s), None) for (p, _), s in zip(pending, seqs)]
+        pending.clear()
+        return out
+
+    seconds = 0.0
+    for path in paths:
+        try:
+            audio = read_audio(path)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            yield from flush() if pending else ()
+            seconds = 0.0
+            yield path, None, str(e)
+            continue
+        pending.append((path, audio))
+        seconds += len(audio) / SAMPLE_RATE
+        if seconds >= max_seconds_per_batch:
+            yield from flush()
+            seconds = 0.0
+    if pending:
+        yield from flush()

@@ -1,0 +1,36 @@
+"""The CTC acoustic model: log-mel front-end, shared encoder θ, CTC head φ."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bljust.config import Config
+from bljust.data.features import LogMel
+from bljust.models import build_encoder
+
+
+class CTCModel(nn.Module):
+    def __init__(self, cfg: Config, vocab_size: int):
+        super().__init__()
+        self.frontend = LogMel(cfg.features)
+        self.encoder = build_encoder(cfg.model, cfg.features.num_mel_bins)
+        self.ctc_head = nn.Linear(self.encoder.output_dim, vocab_size)
+
+    def output_frames(self, feature_frames: int) -> int:
+        """Encoder frames for an utterance of ``feature_frames`` 10 ms frames."""
+        return int(self.encoder.output_lengths(torch.tensor([feature_frames]))[0])
+
+    def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-posteriors (B, T', V) in float32 and their lengths."""
+        hidden, lens = self.encoder(feats, feat_lens)
+        return F.log_softmax(self.ctc_head(hidden).float(), dim=-1), lens
+
+
+def ctc_loss_sum(log_probs: Tensor, lens: Tensor, targets: list[list[int]]) -> Tensor:
+    """Summed CTC loss of a batch; non-finite values are kept so the caller can see and skip them."""
+    flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long, device=log_probs.device)
+    target_lens = torch.tensor([len(seq) for seq in targets], dtype=torch.long, device=log_probs.device)
+    return F.ctc_loss(log_probs.transpose(0, 1), flat, lens, target_lens, blank=0,
+                      reduction="sum", zero_infinity=False)

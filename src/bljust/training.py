@@ -1,0 +1,238 @@
+"""Pieces every training method shares: processes, devices, optimiser, the guarded step,
+metrics and the run directory. Each method's loop lives in ``bljust/methods/<method>.py``
+and reads top to bottom; this module only holds what would otherwise be copied into each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor
+
+from bljust.config import Config, OptimConfig, dump_config
+from bljust.data.features import spec_augment
+
+log = logging.getLogger("bljust.train")
+
+
+# ---------------------------------------------------------------- processes and devices
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device_spec: str = "auto") -> Dist:
+    """Join the process group that torchrun describes in the environment (a no-op without it)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_spec != "cpu"
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(rank, world_size, local_rank)
+
+
+def cleanup_distributed(dist: Dist) -> None:
+    if dist.enabled and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def pick_device(spec: str, dist: Dist) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda" and dist.enabled:
+        spec = f"cuda:{dist.local_rank}"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"train.device={spec} but CUDA is not available")
+        torch.cuda.set_device(device)
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def all_reduce_sum(value: float, dist: Dist, device: torch.device) -> float:
+    if not dist.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch_dist.all_reduce(t)
+    return float(t.item())
+
+
+def any_rank(flag: bool, dist: Dist, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any, so all ranks take the same branch."""
+    return all_reduce_sum(float(flag), dist, device) > 0
+
+
+def barrier(dist: Dist) -> None:
+    if dist.enabled:
+        torch_dist.barrier()
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA; on CPU a no-op, so the same code runs on both."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=enabled and device.type == "cuda")
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def build_optimizer(param_groups: list[dict], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; each group may carry its own ``lr`` (the base of its schedule) and a ``name``."""
+    for g in param_groups:
+        g.setdefault("lr", cfg.lr)
+        g["initial_lr"] = g["lr"]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Warm-up then decay, as a factor of the peak learning rate, at optimiser step ``step`` (0-based)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "noam":
+        return math.sqrt(max(cfg.warmup_steps, 1) / (step + 1))
+    span = max(total_steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, total_steps))
+
+
+def guarded_step(params: list[Tensor], optimizer, scheduler, clip: float, loss_ok: bool,
+                 dist: Dist, device: torch.device) -> tuple[bool, float]:
+    """Clip and step unless the loss or the gradient is non-finite on any rank.
+
+    A skipped step zeroes the gradients and leaves the weights and optimiser moments
+    untouched, so one bad batch costs one batch, not the run. The LR schedule advances
+    either way: it follows the step counter, which counts batches consumed.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        norm = torch.norm(torch.stack([g.detach().norm() for g in grads])) if grads else torch.zeros(())
+    ok = loss_ok and bool(torch.isfinite(norm))
+    ok = not any_rank(not ok, dist, device)
+    if ok:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return ok, float(norm)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def make_features(model, batch: dict, device: torch.device, *, train: bool, cfg: Config,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Waveforms → normalised log-mel, with SpecAugment in training."""
+    wav, wav_lens = batch["wav"].to(device, non_blocking=True), batch["wav_lens"].to(device)
+    feats, lens = model.frontend(wav, wav_lens)
+    if train and cfg.features.spec_augment:
+        feats = spec_augment(feats, lens, cfg.features.augment, generator)
+    return feats, lens
+
+
+def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:
+    """The RNG of one step's data augmentation: a function of the step alone, so resumes replay it."""
+    g = torch.Generator()
+    g.manual_seed(((seed * 1_000_003 + step) * 131 + rank) * 7 + stream)
+    return g
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+class MetricsLogger:
+    """Metrics as JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``), rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step and self.path.exists():
+            # Records past the checkpoint came from the killed run and are about to be redone.
+            kept = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        elif not resume_step:
+            self.path.write_text("")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step or None)
+
+    def log(self, step: int, kind: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def setup_run_dir(run_dir: Path, cfg: Config, dist: Dist, resume: bool) -> logging.Handler | None:
+    """Create the run directory, refuse to overwrite a run by accident, log to train.log.
+
+    Returns the log file's handler, for the caller to remove when the run ends.
+    """
+    handler = None
+    if dist.is_main:
+        if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
+                                  f"or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("bljust").addHandler(handler)
+    barrier(dist)
+    return handler
+
+
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True,
+                file=sys.stderr, mininterval=1.0)

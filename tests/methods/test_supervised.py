@@ -1,0 +1,152 @@
+"""Supervised CTC training end to end: learning, exact resume, DDP equivalence."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bljust.checkpoint import load
+from bljust.config import load_config
+from bljust.data.manifests import load_split, write_split
+from bljust.inference import load_trained
+from bljust.methods import supervised
+from bljust.methods.supervised import FAULT_ENV, ctc_objective
+from bljust.training import Dist, build_optimizer
+from tests.conftest import REPO, TINY
+
+RESUME_SETTINGS = ["train.max_steps=6", "train.checkpoint_every=2", "train.valid_every=3",
+                   "model.dropout=0.1", "data.max_duration=10"]
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bljust", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=REPO)
+
+
+def test_killed_run_resumes_exactly(tiny_corpus, tmp_path):
+    cfg = load_config(TINY, RESUME_SETTINGS)
+    supervised.train(cfg, tiny_corpus, tmp_path / "straight")
+
+    sets = [a for s in RESUME_SETTINGS for a in ("--set", s)]
+    killed = _cli("train", "--data", str(tiny_corpus), "--out", str(tmp_path / "killed"), "--config", str(TINY),
+                  *sets, env={FAULT_ENV: "5"})
+    assert killed.returncode == 17, killed.stderr
+    assert not (tmp_path / "killed" / "checkpoints" / "step-0000006.pt").exists()
+    resumed = _cli("train", "--data", str(tiny_corpus), "--out", str(tmp_path / "killed"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step 4" in resumed.stderr
+
+    a = load(tmp_path / "straight" / "checkpoints" / "step-0000006.pt")
+    b = load(tmp_path / "killed" / "checkpoints" / "step-0000006.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["streams"] == b["streams"] and a["counters"]["step"] == b["counters"]["step"] == 6
+    # The metrics log of the resumed run holds each step once.
+    steps = [line for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert len(steps) == 6
+
+
+def test_refuses_to_overwrite_a_run(tiny_corpus, tmp_path):
+    cfg = load_config(TINY, ["train.max_steps=2"])
+    supervised.train(cfg, tiny_corpus, tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--resume"):
+        supervised.train(cfg, tiny_corpus, tmp_path / "run")
+
+
+def test_overfits_twenty_utterances(tiny_corpus, tmp_path):
+    """A small model memorises ~20 utterances: it transcribes them back with CER < 0.1."""
+    labeled = load_split(tiny_corpus, "labeled")
+    few = labeled.subset(first=min(20, len(labeled)))
+    data = tmp_path / "data"
+    recs = few.decompose()[0]
+    sups = few.decompose()[1]
+    for split in ("labeled", "dev"):
+        write_split(data, split, recs, sups)
+    cfg = load_config(TINY, [
+        "model.d_model=96", "model.num_layers=2", "model.num_heads=4", "model.subsampling_channels=64",
+        "features.spec_augment=false", "train.max_steps=200", "train.valid_every=50", "train.checkpoint_every=200",
+        "optim.lr=3e-3", "optim.warmup_steps=20", "data.max_duration=120", "data.max_utterance_seconds=30",
+        "train.log_every=20"])
+    summary = supervised.train(cfg, data, tmp_path / "run")
+    assert summary["best_dev_cer"] < 0.1, summary
+    losses = [float(x.split('"loss": ')[1].split(",")[0]) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+              .splitlines() if '"train"' in x]
+    assert losses[-1] < 0.1 * losses[0]
+    model, tokenizer, _ = load_trained(tmp_path / "run")
+    assert model.training is False and tokenizer.vocab_size == model.ctc_head.out_features
+
+
+# ---------------------------------------------------------------- DDP: 2 processes == 1 process
+
+
+def _make_batch():
+    g = torch.Generator().manual_seed(0)
+    lens = torch.tensor([120, 90, 150, 60])
+    feats = torch.randn(4, 150, 80, generator=g)
+    for i, n in enumerate(lens):
+        feats[i, n:] = 0
+    # Unequal token counts per half: the update must still equal the single-process one.
+    targets = [[3, 4, 5, 6, 7, 8], [9, 10], [4, 4, 5], [11, 12, 13, 14]]
+    return feats, lens, targets
+
+
+def _model():
+    from bljust.models.asr import CTCModel
+
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["model.dropout=0.0"])
+    return cfg, CTCModel(cfg, 30)
+
+
+def _one_step(model, cfg, ddp_model, feats, lens, targets, dist):
+    opt = build_optimizer([{"params": list(model.parameters())}], cfg.optim)
+    loss = ctc_objective(ddp_model, feats, lens, targets, dist, torch.device("cpu"), amp=False)
+    loss.backward()
+    opt.step()
+
+
+def _ddp_worker(rank: int, init_file: str, out: str):
+    import torch.distributed as td
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    cfg, model = _model()
+    feats, lens, targets = _make_batch()
+    part = slice(2 * rank, 2 * rank + 2)
+    _one_step(model, cfg, DDP(model), feats[part], lens[part], targets[part], Dist(rank, 2, rank))
+    if rank == 0:
+        torch.save(model.state_dict(), out)
+    td.destroy_process_group()
+
+
+def test_two_process_update_equals_one_process(tmp_path):
+    cfg, model = _model()
+    feats, lens, targets = _make_batch()
+    _one_step(model, cfg, model, feats, lens, targets, Dist())
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    ddp_state = torch.load(tmp_path / "ddp.pt")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(ddp_state[k], v, atol=2e-6, rtol=1e-5, msg=k)
+
+
+def test_torchrun_two_processes(tiny_corpus, tmp_path):
+    """``torchrun --nproc_per_node=2 -m bljust train`` runs, with files from rank 0 only."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                        "-m", "bljust", "train", "--data", str(tiny_corpus), "--out", str(tmp_path / "run"),
+                        "--config", str(TINY), "--set", "train.max_steps=3", "--set", "train.device=cpu"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-0000002.pt", "step-0000003.pt"] or \
+        sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000002.pt", "step-0000003.pt"]
+    state = load(tmp_path / "run" / "checkpoints" / "step-0000003.pt")
+    assert len(state["rng"]) == 2

@@ -1,0 +1,85 @@
+"""Every command through the real command line, on generated data, with the tiny recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import soundfile as sf
+
+from bljust.data.manifests import SPLITS, has_split, load_split
+from tests.conftest import REPO, TINY
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "bljust", *args], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_corpus_synth(tmp_path):
+    r = run("corpus", "synth", str(tmp_path / "c"), "--labeled-minutes", "0.1", "--unlabeled-minutes", "0.1",
+            "--dev-minutes", "0.05", "--test-minutes", "0.05", "--jobs", "2", "--quiet")
+    assert all(has_split(tmp_path / "c", s) for s in SPLITS)
+    assert "labeled" in r.stdout and (tmp_path / "c" / "summary.json").is_file()
+
+
+def test_corpus_import_folder_reports_skips(tmp_path, tiny_corpus):
+    cuts = load_split(tiny_corpus, "dev").subset(first=2)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    lines = []
+    for cut in cuts:
+        sf.write(audio / f"{cut.id}.wav", cut.load_audio()[0], 16000)
+        lines.append(f"{cut.id}\t{cut.supervisions[0].text}")
+    (audio / "broken.wav").write_bytes(b"not audio at all")
+    lines.append("broken\tSOME TEXT")
+    (tmp_path / "text.tsv").write_text("\n".join(lines) + "\n")
+    r = run("corpus", "import", str(tmp_path / "out"), "--split", "test", "--audio-dir", str(audio),
+            "--transcripts", str(tmp_path / "text.tsv"))
+    assert "kept 2" in r.stdout and "broken.wav" in r.stdout
+    assert len(load_split(tmp_path / "out", "test")) == 2
+
+
+def test_train_evaluate_transcribe(tmp_path, tiny_corpus):
+    out = tmp_path / "run"
+    r = run("train", "--data", str(tiny_corpus), "--out", str(out), "--config", str(TINY),
+            "--set", "model.arch=cnn_lstm")
+    assert json.loads(r.stdout)["steps"] == 4
+    for f in ("config.yaml", "metrics.jsonl", "best.pt", "summary.json", "train.log"):
+        assert (out / f).is_file(), f
+    assert any((out / "tb").iterdir())
+
+    r = run("evaluate", str(out), "--data", str(tiny_corpus), "--split", "test")
+    result = json.loads((out / "eval" / "test.json").read_text())
+    assert {"wer", "cer", "num_utterances", "num_words"} <= result.keys()
+    assert result["num_utterances"] == len(load_split(tiny_corpus, "test"))
+    assert "WER" in r.stdout and "CER" in r.stdout
+
+    wavs = [c.recording.sources[0].source for c in load_split(tiny_corpus, "test").subset(first=2)]
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"junk")
+    r = run("transcribe", str(out), wavs[0], str(bad), wavs[1], check=False)
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == wavs
+    assert str(bad) in r.stderr
+
+
+def test_bad_config_is_a_clear_error(tmp_path, tiny_corpus):
+    r = run("train", "--data", str(tiny_corpus), "--out", str(tmp_path / "r"), "--set", "model.d_modle=3",
+            check=False)
+    assert r.returncode == 2 and "unknown config key" in r.stderr
+    r = run("train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2"), "--config", str(TINY),
+            check=False)
+    assert r.returncode == 2 and "no 'labeled' split" in r.stderr
+
+
+def test_demo_with_tiny_recipe(tmp_path, tiny_corpus):
+    r = run("demo", "--data", str(tiny_corpus), "--out", str(tmp_path / "demo"), "--config", str(TINY))
+    assert "| supervised | test |" in r.stdout
+    assert (tmp_path / "demo" / "supervised" / "eval" / "test.json").is_file()

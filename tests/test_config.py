@@ -1,0 +1,41 @@
+import pytest
+
+from bljust.config import Config, ConfigError, dump_config, load_config
+from tests.conftest import REPO
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = load_config(None)
+    assert isinstance(cfg, Config)
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["model.d_model=96", "optim.betas=[0.9, 0.99]", "train.amp=false", "optim.lr=3e-4"])
+    assert cfg.model.d_model == 96 and cfg.optim.betas == (0.9, 0.99)
+    assert cfg.train.amp is False and cfg.optim.lr == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.d_modle=96", "unknown config key"),
+    ("model.d_model=abc", "expected an integer"),
+    ("model.arch=transformer", "is not one of"),
+    ("model.num_heads=5", "must divide"),
+    ("train.max_steps=0", "max_steps"),
+    ("nosuch.key=1", "unknown config key"),
+    ("model.d_model", "section.key=value"),
+])
+def test_bad_config_names_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_recipes_load():
+    for name in ("tiny.yaml", "demo.yaml"):
+        load_config(REPO / "recipes" / name)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
