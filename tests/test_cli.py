@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import soundfile as sf
 
 from bljust.data.manifests import SPLITS, has_split, load_split
@@ -83,3 +84,25 @@ def test_demo_with_tiny_recipe(tmp_path, tiny_corpus):
     r = run("demo", "--data", str(tiny_corpus), "--out", str(tmp_path / "demo"), "--config", str(TINY))
     assert "| supervised | test |" in r.stdout
     assert (tmp_path / "demo" / "supervised" / "eval" / "test.json").is_file()
+
+
+@pytest.mark.parametrize("method", ["supervised", "ptft", "just", "pl", "bljust"])
+def test_every_method_through_the_cli(method, tmp_path, tiny_corpus):
+    out = tmp_path / method
+    r = run("train", "--method", method, "--data", str(tiny_corpus), "--out", str(out), "--config", str(TINY),
+            "--set", "train.max_steps=6", "--set", "bljust.explore_steps=1", "--set", "bljust.joint_steps=2",
+            "--set", "bljust.finetune_steps=2", "--set", "pl.min_chars_per_second=0")
+    summary = json.loads(r.stdout)
+    # BL-JUST runs whole outer epochs: K = (6 − N3) // (N1 + N2) = 1, so 1·3 + 2 steps
+    assert summary["method"] == method and summary["steps"] == (5 if method == "bljust" else 6)
+    assert (out / "best.pt").is_file()
+    if method in ("ptft", "just", "bljust"):
+        assert summary["unlabeled_batches"] > 0
+    run("evaluate", str(out), "--data", str(tiny_corpus), "--split", "dev")
+    assert (out / "eval" / "dev.json").is_file()
+
+
+def test_bench_reports_the_three_step_kinds():
+    r = run("bench", "--config", str(TINY), "--repeats", "1")
+    for kind in ("| supervised |", "| ssl |", "| joint |", "joint step / (supervised step + SSL step) ="):
+        assert kind in r.stdout

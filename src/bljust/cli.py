@@ -76,12 +76,10 @@ def _load_train_config(args):
 
 
 def cmd_train(args) -> int:
-    from bljust.methods import supervised
+    from bljust.methods import METHODS
 
     cfg = _load_train_config(args)
-    if args.method != "supervised":
-        raise SystemExit(f"bljust train: method {args.method!r} is not available yet")
-    summary = supervised.train(cfg, args.data, args.out, resume=args.resume)
+    summary = METHODS[args.method](cfg, args.data, args.out, resume=args.resume)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -154,6 +152,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import torch
+
+    from bljust.bench import main as bench_main
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(bench_main(args.config, args.set or [], args.repeats))
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -191,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model")
     t.add_argument("--data", required=True, help="data directory (labeled, unlabeled, dev splits)")
     t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--method", default="supervised", choices=["supervised", "ptft", "just", "pl", "bljust"])
+    t.add_argument("--method", default="supervised", choices=["supervised", "ptft", "just", "pl", "bljust"],
+                   help="training method (default: supervised)")
     t.add_argument("--config", help="YAML config (e.g. recipes/demo.yaml)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.max_steps=100")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -218,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="corpus seed")
     d.add_argument("--jobs", type=int, default=2)
     d.set_defaults(func=cmd_demo)
+    b = sub.add_parser("bench", help="time a supervised, an SSL and a BL-JUST joint step side by side")
+    b.add_argument("--config", help="YAML config (default: the built-in defaults)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE")
+    b.add_argument("--repeats", type=int, default=10)
+    b.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

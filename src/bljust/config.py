@@ -123,6 +123,52 @@ class ModelConfig:
 
 
 @dataclass
+class SSLConfig:
+    loss: Literal["bestrq", "cpc", "wav2vec2"] = "bestrq"
+    """The self-supervised (lower-level) loss g on unlabeled audio."""
+    mask_prob: float = 0.02
+    """Probability that a 10 ms input frame starts a masked span (bestrq, wav2vec2, cpc)."""
+    mask_span: int = 20
+    """Length of a masked span in 10 ms input frames."""
+    codebook_size: int = 512
+    """BEST-RQ: entries of the frozen random codebook (the number of classes predicted)."""
+    codebook_dim: int = 16
+    """BEST-RQ: dimension of the random projection and codebook."""
+    num_codebooks: int = 1
+    """BEST-RQ: independent random codebooks (one softmax each; losses averaged)."""
+    proj_dim: int = 128
+    """Dimension of the contrastive projection space (cpc, wav2vec2)."""
+    temperature: float = 0.1
+    """Temperature of the cosine-similarity InfoNCE logits (cpc, wav2vec2)."""
+    num_negatives: int = 50
+    """Distractors per positive, drawn from other frames and utterances of the batch (cpc, wav2vec2)."""
+    cpc_steps: int = 4
+    """CPC: future offsets k = 1..K predicted by per-offset heads (in encoder frames)."""
+    quantizer_groups: int = 2
+    """wav2vec 2.0: codebook groups of the Gumbel-softmax quantiser."""
+    quantizer_entries: int = 64
+    """wav2vec 2.0: entries per group."""
+    gumbel_temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995)
+    """wav2vec 2.0: Gumbel temperature start, floor and per-step decay."""
+    diversity_weight: float = 0.1
+    """wav2vec 2.0: weight of the codebook diversity loss."""
+
+    def __post_init__(self) -> None:
+        self.gumbel_temperature = tuple(self.gumbel_temperature)
+        _check(0.0 < self.mask_prob < 1.0, "ssl.mask_prob must be in (0, 1)")
+        _check(self.mask_span >= 1, "ssl.mask_span must be >= 1")
+        _check(self.codebook_size >= 2 and self.codebook_dim >= 1 and self.num_codebooks >= 1,
+               "ssl codebook sizes must be positive")
+        _check(self.temperature > 0, "ssl.temperature must be > 0")
+        _check(self.num_negatives >= 1 and self.cpc_steps >= 1, "ssl.num_negatives and ssl.cpc_steps must be >= 1")
+        _check(self.quantizer_groups >= 1 and self.quantizer_entries >= 2, "ssl quantizer sizes must be positive")
+        start, floor, decay = self.gumbel_temperature if len(self.gumbel_temperature) == 3 else (0, 0, 0)
+        _check(len(self.gumbel_temperature) == 3 and 0 < floor <= start and 0 < decay <= 1,
+               "ssl.gumbel_temperature must be [start, floor, decay] with 0 < floor <= start, 0 < decay <= 1")
+        _check(self.diversity_weight >= 0, "ssl.diversity_weight must be >= 0")
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-3
     """Peak learning rate of AdamW."""
@@ -148,11 +194,99 @@ class OptimConfig:
 
 
 @dataclass
+class BLJustConfig:
+    outer_epochs: int | None = None
+    """K, outer epochs; None: as many as fit train.max_steps after the final fine-tuning steps."""
+    explore_steps: int | None = None
+    """N1, exploration steps on g per outer epoch; None: explore_fraction of an unlabeled pass."""
+    explore_fraction: float = 0.25
+    """N1 as a fraction of the unlabeled stream's batches per pass (when explore_steps is None)."""
+    joint_steps: int | None = None
+    """N2, penalised joint steps per outer epoch; None: one pass over the labeled stream."""
+    finetune_steps: int | None = None
+    """N3, final fine-tuning steps on f; None: finetune_fraction of train.max_steps."""
+    finetune_fraction: float = 0.1
+    """N3 as a fraction of train.max_steps (when finetune_steps is None)."""
+    rho: float = 2e-3
+    """ρ, peak learning rate of the exploration steps."""
+    alpha: float = 1e-3
+    """α, peak learning rate of the joint steps."""
+    tau: float = 3e-4
+    """τ, peak learning rate of the final fine-tuning steps."""
+    gamma_schedule: Literal["linear", "cosine", "step", "constant"] = "linear"
+    """How γ grows over the outer epochs: linear or cosine ramp, stairs, or constant γ_max."""
+    gamma_0: float = 0.0
+    """γ in the first outer epoch (ignored by 'constant')."""
+    gamma_max: float = 1.0
+    """The cap of γ."""
+    ramp_fraction: float = 0.5
+    """Fraction of the outer epochs after which γ reaches γ_max."""
+    gamma_stairs: int = 4
+    """Number of equal increments of the 'step' schedule."""
+    pbgd_scaling: bool = False
+    """Scale the penalised gradient of (θ, φ) by min(1, 1/γ) (PBGD's step rule; meant for SGD)."""
+
+    def __post_init__(self) -> None:
+        for name in ("outer_epochs", "explore_steps", "joint_steps", "finetune_steps"):
+            v = getattr(self, name)
+            _check(v is None or v >= 0, f"bljust.{name} must be >= 0 (or null)")
+        _check(self.outer_epochs is None or self.outer_epochs >= 1, "bljust.outer_epochs must be >= 1")
+        _check(self.joint_steps is None or self.joint_steps >= 1, "bljust.joint_steps must be >= 1")
+        _check(0 <= self.explore_fraction and 0 <= self.finetune_fraction < 1, "bljust fractions out of range")
+        _check(min(self.rho, self.alpha, self.tau) > 0, "bljust learning rates must be > 0")
+        _check(0 <= self.gamma_0 <= self.gamma_max, "bljust: need 0 <= gamma_0 <= gamma_max")
+        _check(0 < self.ramp_fraction <= 1, "bljust.ramp_fraction must be in (0, 1]")
+        _check(self.gamma_stairs >= 1, "bljust.gamma_stairs must be >= 1")
+
+
+@dataclass
+class JustConfig:
+    lam: float = 0.3
+    """λ, the fixed weight of g in JUST's f + λ·g."""
+
+    def __post_init__(self) -> None:
+        _check(self.lam >= 0, "just.lam must be >= 0")
+
+
+@dataclass
+class PTFTConfig:
+    pretrain_fraction: float = 0.5
+    """Share of train.max_steps that pre-trains (θ, η) on g; the rest fine-tunes (θ, φ) on f."""
+    pretrain_lr: float = 2e-3
+    """Peak learning rate of pre-training."""
+    finetune_lr: float = 1e-3
+    """Peak learning rate of fine-tuning (a fresh optimiser state; η is discarded)."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.pretrain_fraction < 1, "ptft.pretrain_fraction must be in (0, 1)")
+
+
+@dataclass
+class PLConfig:
+    rounds: int = 2
+    """R, rounds of decode → filter → retrain (iterative pseudo-labeling)."""
+    seed_fraction: float = 0.4
+    """Share of train.max_steps that trains the seed model on labeled data; rounds split the rest."""
+    keep_fraction: float = 0.8
+    """Keep this fraction of the unlabeled utterances with the highest mean token log-posterior."""
+    min_chars_per_second: float = 4.0
+    """Length filter: drop hypotheses with fewer characters per second of audio."""
+    max_chars_per_second: float = 25.0
+    """Length filter: drop hypotheses with more characters per second of audio."""
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "pl.rounds must be >= 1")
+        _check(0 < self.seed_fraction < 1, "pl.seed_fraction must be in (0, 1)")
+        _check(0 < self.keep_fraction <= 1, "pl.keep_fraction must be in (0, 1]")
+        _check(0 <= self.min_chars_per_second < self.max_chars_per_second, "pl chars-per-second bounds")
+
+
+@dataclass
 class TrainConfig:
     seed: int = 42
     """Seed of every random number generator (model init, sampler order, SpecAugment, dropout)."""
     max_steps: int = 3000
-    """Optimiser steps of the run (the training budget); epochs roll over as needed."""
+    """Optimiser steps of the run (the training budget, shared by every method's phases); epochs roll over."""
     valid_every: int = 500
     """Validate on dev (loss, greedy CER/WER) every this many steps and at the end."""
     checkpoint_every: int = 250
@@ -189,6 +323,16 @@ class Config:
     """Output units."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Encoder architecture and size."""
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    """The self-supervised loss of the semi-supervised methods."""
+    bljust: BLJustConfig = field(default_factory=BLJustConfig)
+    """BL-JUST's phases, learning rates and penalty schedule."""
+    just: JustConfig = field(default_factory=JustConfig)
+    """JUST's fixed weight."""
+    ptft: PTFTConfig = field(default_factory=PTFTConfig)
+    """Pre-training + fine-tuning."""
+    pl: PLConfig = field(default_factory=PLConfig)
+    """Iterative pseudo-labeling."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser and learning-rate schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)

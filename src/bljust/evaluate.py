@@ -41,11 +41,13 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict:
 @torch.no_grad()
 def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: float = 120.0,
                 with_loss: bool = True, num_workers: int = 0) -> dict:
-    """Greedy-decode ``cuts``; returns hypotheses, references and the mean CTC loss per token."""
+    """Greedy-decode ``cuts``: hypotheses, references, confidences (mean log-posterior of the
+    emitted units) and the mean CTC loss per token."""
     was_training = model.training
     model.eval()
     hyps: dict[str, str] = {}
     refs: dict[str, str | None] = {}
+    confidence: dict[str, float] = {}
     loss_sum, loss_tokens = 0.0, 0
     for batch in eval_batches(cuts, max_duration, num_workers):
         if not batch["ids"]:
@@ -54,10 +56,11 @@ def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: floa
         feats, feat_lens = model.frontend(wav, wav_lens)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             log_probs, lens = model(feats, feat_lens)
-        seqs, _ = greedy_ctc(log_probs, lens)
-        for cid, seq, text in zip(batch["ids"], seqs, batch["texts"]):
+        seqs, conf = greedy_ctc(log_probs, lens)
+        for cid, seq, c, text in zip(batch["ids"], seqs, conf, batch["texts"]):
             hyps[cid] = tokenizer.decode(seq)
             refs[cid] = text
+            confidence[cid] = c
         if with_loss and all(batch["texts"]):
             targets = [tokenizer.encode(t) for t in batch["texts"]]
             loss = ctc_loss_sum(log_probs, lens, targets)
@@ -65,7 +68,7 @@ def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: floa
                 loss_sum += float(loss)
                 loss_tokens += sum(len(t) for t in targets)
     model.train(was_training)
-    return {"hyps": hyps, "refs": refs, "loss": loss_sum / max(loss_tokens, 1) if loss_tokens else float("nan")}
+    return {"hyps": hyps, "refs": refs, "confidence": confidence, "loss": loss_sum / max(loss_tokens, 1) if loss_tokens else float("nan")}
 
 
 def score(decoded: dict) -> dict:

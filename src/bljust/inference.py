@@ -37,7 +37,7 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
     cfg = config_from_dict(state["config"])
     tokenizer = tokenizer_from_state(state["tokenizer"])
     model = CTCModel(cfg, tokenizer.vocab_size)
-    model.load_state_dict(state["model"])
+    model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith("ssl.")})
     return model.to(device).eval(), tokenizer, cfg
 
 

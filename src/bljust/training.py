@@ -115,43 +115,20 @@ def build_optimizer(param_groups: list[dict], cfg: OptimConfig) -> torch.optim.A
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Warm-up then decay, as a factor of the peak learning rate, at optimiser step ``step`` (0-based)."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "noam":
-        return math.sqrt(max(cfg.warmup_steps, 1) / (step + 1))
-    span = max(total_steps - cfg.warmup_steps, 1)
-    progress = min((step - cfg.warmup_steps) / span, 1.0)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine", min_ratio: float = 0.0) -> float:
+    """Learning-rate factor at ``step`` (0-based) of a phase of ``total`` steps: linear warm-up,
+    then cosine decay to ``min_ratio``, constant, or inverse square root ("noam").
 
-
-def build_scheduler(optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, total_steps))
-
-
-def guarded_step(params: list[Tensor], optimizer, scheduler, clip: float, loss_ok: bool,
-                 dist: Dist, device: torch.device) -> tuple[bool, float]:
-    """Clip and step unless the loss or the gradient is non-finite on any rank.
-
-    A skipped step zeroes the gradients and leaves the weights and optimiser moments
-    untouched, so one bad batch costs one batch, not the run. The LR schedule advances
-    either way: it follows the step counter, which counts batches consumed.
+    A pure function of the step, so a resumed run needs no scheduler state.
     """
-    grads = [p.grad for p in params if p.grad is not None]
-    if clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
-    else:
-        norm = torch.norm(torch.stack([g.detach().norm() for g in grads])) if grads else torch.zeros(())
-    ok = loss_ok and bool(torch.isfinite(norm))
-    ok = not any_rank(not ok, dist, device)
-    if ok:
-        optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return ok, float(norm)
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "noam":
+        return math.sqrt(max(warmup, 1) / (step + 1))
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 # ---------------------------------------------------------------- batches

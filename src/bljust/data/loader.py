@@ -9,6 +9,7 @@ replays the sampler (cheap: no audio is read) to the same position.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import warnings
@@ -140,6 +141,7 @@ class BatchStream:
                  shuffle: bool = True, world_size: int = 1, rank: int = 0, num_workers: int = 0,
                  buffer_size: int = 20000):
         self.name = name
+        self.seconds = sum(c.duration for c in cuts)
         self.sampler = DynamicBucketingSampler(
             cuts, max_duration=max_duration, num_buckets=min(num_buckets, max(1, len(cuts) // 2)),
             shuffle=shuffle, drop_last=False, seed=seed, world_size=world_size, rank=rank,
@@ -148,6 +150,15 @@ class BatchStream:
         self.epoch = 0
         self.batch_in_epoch = 0
         self._it: Iterator | None = None
+        self._batches: int | None = None
+
+    def batches_per_epoch(self) -> int:
+        """Batches in one pass for this process, counted by replaying the sampler (no audio is read)."""
+        if self._batches is None:
+            counter = copy.deepcopy(self.sampler)
+            counter.set_epoch(0)
+            self._batches = max(1, sum(1 for _ in counter))
+        return self._batches
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}

@@ -1,4 +1,5 @@
-"""The CTC acoustic model: log-mel front-end, shared encoder θ, CTC head φ."""
+"""The acoustic model: log-mel front-end, shared encoder θ, CTC head φ, and for the
+semi-supervised methods a self-supervised head η."""
 
 from __future__ import annotations
 
@@ -12,11 +13,28 @@ from bljust.models import build_encoder
 
 
 class CTCModel(nn.Module):
-    def __init__(self, cfg: Config, vocab_size: int):
+    def __init__(self, cfg: Config, vocab_size: int, ssl: bool = False):
         super().__init__()
         self.frontend = LogMel(cfg.features)
         self.encoder = build_encoder(cfg.model, cfg.features.num_mel_bins)
         self.ctc_head = nn.Linear(self.encoder.output_dim, vocab_size)
+        self.ssl = None
+        if ssl:
+            from bljust.losses import build_ssl_loss
+
+            self.ssl = build_ssl_loss(cfg.ssl, self.encoder.output_dim, cfg.features.num_mel_bins)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """θ (encoder), φ (CTC head) and η (SSL head) as separate optimiser groups."""
+        groups = [{"name": "theta", "params": list(self.encoder.parameters()), "lr": lr},
+                  {"name": "phi", "params": list(self.ctc_head.parameters()), "lr": lr}]
+        if self.ssl is not None:
+            groups.append({"name": "eta", "params": [p for p in self.ssl.parameters() if p.requires_grad], "lr": lr})
+        return groups
+
+    def inference_state_dict(self) -> dict:
+        """Everything transcription needs: the SSL head is training-only."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("ssl.")}
 
     def output_frames(self, feature_frames: int) -> int:
         """Encoder frames for an utterance of ``feature_frames`` 10 ms frames."""

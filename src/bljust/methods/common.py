@@ -1,0 +1,398 @@
+"""What every training method sets up the same way: a ``Run``.
+
+A method's file builds a ``Run``, adds its data streams, then writes its own loop with the
+run's helpers: ``features``, ``ctc_loss``, ``ssl_loss``, ``step``, ``after_step``. The run owns
+processes and devices, data, tokenizer, model, optimiser, counters, metrics, validation and
+checkpoints, so a method differs from the supervised baseline only where the method differs.
+
+Distributed training: gradients are summed over processes by one flat all-reduce per step
+(``sync_gradients``) instead of a DistributedDataParallel wrapper. A joint step has two
+objectives on two batches, phases leave heads unused, and BL-JUST logs the gradients of f and
+g separately; a single explicit sync after all backward passes makes all of that exact and
+simple. Losses are normalised by counts summed over processes, so N processes take the
+same step as one process on the union of their batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+from lhotse import CutSet
+
+from bljust.checkpoint import CheckpointManager, atomic_save, rng_state, set_rng_state
+from bljust.config import Config, to_dict
+from bljust.data.loader import BatchStream, eval_batches, filter_cuts
+from bljust.data.manifests import cut_text, load_split
+from bljust.data.tokenizer import Tokenizer, tokenizer_from_state, train_tokenizer
+from bljust.evaluate import decode_cuts, score
+from bljust.models import count_parameters
+from bljust.models.asr import CTCModel, ctc_loss_sum
+from bljust.training import (
+    Dist, MetricsLogger, all_reduce_sum, any_rank, autocast, barrier, build_optimizer, cleanup_distributed,
+    make_features, pick_device, progress_bar, seed_everything, setup_distributed, setup_run_dir, step_generator,
+)
+
+log = logging.getLogger("bljust.train")
+
+# Test hook: exit abruptly right after this step, as a killed process would.
+FAULT_ENV = "BLJUST_FAULT_AFTER_STEP"
+
+
+def sync_gradients(params: list[torch.Tensor], dist: Dist) -> None:
+    """Sum gradients over processes in one flat all-reduce (missing gradients count as zero)."""
+    if not dist.enabled:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    torch_dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p))
+        offset += n
+
+
+def ctc_objective(model: CTCModel, feats: torch.Tensor, lens: torch.Tensor, targets: list[list[int]], dist: Dist,
+                  device: torch.device, amp: bool) -> torch.Tensor:
+    """f: CTC loss per target token of the global batch (tokens summed over processes)."""
+    tokens = all_reduce_sum(float(sum(len(t) for t in targets)), dist, device)
+    with autocast(device, amp):
+        log_probs, out_lens = model(feats, lens)
+    return ctc_loss_sum(log_probs, out_lens, targets) / tokens
+
+
+def joint_gradients(f: torch.Tensor, g: torch.Tensor, theta: list, phi: list, eta: list, weight: float,
+                    eta_weight: float, scale: float = 1.0) -> dict[str, float]:
+    """Set the gradients of a joint step on f (labeled batch) and g (unlabeled batch):
+
+        θ ← scale·(∇θ f + weight·∇θ g),   φ ← scale·∇φ f,   η ← eta_weight·∇η g
+
+    The losses come from separate batches, so two backward passes cost what one pass on
+    f + weight·g would, and they give ∇f and ∇g apart: returned are ‖∇θ f‖, ‖weight·∇θ g‖ and
+    the cosine between ∇θ f and ∇θ g (on this process's batches).
+    """
+    def grads(loss, params):
+        out = torch.autograd.grad(loss, params, allow_unused=True)
+        return [torch.zeros_like(p) if x is None else x for p, x in zip(params, out)]
+
+    gf, gg = grads(f, theta + phi), grads(g, theta + eta)
+    n = len(theta)
+    for p, a, b in zip(theta, gf[:n], gg[:n]):
+        p.grad = scale * (a + weight * b)
+    for p, a in zip(phi, gf[n:]):
+        p.grad = scale * a
+    for p, b in zip(eta, gg[n:]):
+        p.grad = eta_weight * b
+    flat_f = torch.cat([x.reshape(-1) for x in gf[:n]]).float()
+    flat_g = torch.cat([x.reshape(-1) for x in gg[:n]]).float()
+    return {"grad_f_norm": float(flat_f.norm()), "weighted_grad_g_norm": weight * float(flat_g.norm()),
+            "grad_cos": float(torch.nn.functional.cosine_similarity(flat_f, flat_g, dim=0))}
+
+
+def track_penalty_gap(state: dict, g: float) -> float:
+    """g − v* estimated as (smoothed g) − (its running minimum); the state is checkpointed."""
+    if not math.isfinite(g):
+        return float("nan")
+    ema = state.get("g_ema")
+    state["g_ema"] = g if ema is None else 0.9 * ema + 0.1 * g
+    state["g_min"] = min(state.get("g_min", math.inf), state["g_ema"])
+    return state["g_ema"] - state["g_min"]
+
+
+@dataclass
+class Counters:
+    """The run's progress; checkpointed, and the basis of every budget and cost figure."""
+
+    step: int = 0
+    best: float = math.inf
+    best_step: int = 0
+    bad_steps: int = 0
+    failed_audio: int = 0
+    train_seconds: float = 0.0
+    labeled_seconds: float = 0.0
+    unlabeled_seconds: float = 0.0
+    labeled_batches: int = 0
+    unlabeled_batches: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Run:
+    def __init__(self, cfg: Config, data_dir: str | Path, run_dir: str | Path, *, method: str, resume: bool = False,
+                 ssl: bool = False):
+        self.cfg, self.method = cfg, method
+        self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
+        self.dist = setup_distributed(cfg.train.device)
+        self.device = pick_device(cfg.train.device, self.dist)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.ckpts = CheckpointManager(self.run_dir, cfg.train.keep_last)
+        self.state = self.ckpts.load_latest() if resume else None
+        if resume and self.state is None:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", self.run_dir)
+        if self.state is not None and self.state.get("method") != method:
+            raise ValueError(f"{self.run_dir} holds a '{self.state.get('method')}' run, not '{method}'")
+        self._log_handler = setup_run_dir(self.run_dir, cfg, self.dist, resume=self.state is not None)
+        seed_everything(cfg.train.seed)
+
+        # Units come from the checkpoint on resume: retraining SentencePiece could renumber them.
+        self.labeled, dev = load_split(self.data_dir, "labeled"), load_split(self.data_dir, "dev")
+        if self.state is not None:
+            self.tokenizer: Tokenizer = tokenizer_from_state(self.state["tokenizer"])
+        else:
+            self.tokenizer = train_tokenizer(cfg.tokenizer, [t for c in self.labeled if (t := cut_text(c))])
+        self.model = CTCModel(cfg, self.tokenizer.vocab_size, ssl=ssl).to(self.device)
+        self.labeled = self.filter(self.labeled, "labeled", labeled=True)
+        self.dev = dev.filter(lambda c: bool(cut_text(c))).to_eager()
+        if cfg.features.normalize == "global" and self.state is None:
+            sample = self.labeled.subset(first=min(len(self.labeled), 500))
+            self.model.frontend.set_global_stats((b["wav"], b["wav_lens"]) for b in eval_batches(sample, 120.0))
+
+        self.streams: dict[str, BatchStream] = {}
+        self.optimizer = build_optimizer(self.model.param_groups(cfg.optim.lr), cfg.optim)
+        self.counters = Counters()
+        self.phase_state: dict = {}
+        if self.state is not None:
+            self.model.load_state_dict(self.state["model"])
+            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.counters = Counters(**self.state["counters"])
+            self.phase_state = self.state.get("phase_state", {})
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.metrics = MetricsLogger(self.run_dir, self.dist.is_main, resume_step=self.counters.step)
+        self._window = (0.0, time.time())
+        self._fault_step = int(os.environ.get(FAULT_ENV, "0"))
+        self.bar = None
+
+    # ------------------------------------------------------------ data
+
+    def filter(self, cuts: CutSet, split: str, labeled: bool) -> CutSet:
+        d = self.cfg.data
+        kept, _ = filter_cuts(cuts, split, min_seconds=d.min_utterance_seconds,
+                              max_seconds=min(d.max_utterance_seconds, d.max_duration),
+                              tokenizer=self.tokenizer if labeled else None, output_frames=self.model.output_frames)
+        return kept
+
+    def load_unlabeled(self) -> CutSet:
+        return self.filter(load_split(self.data_dir, "unlabeled"), "unlabeled", labeled=False)
+
+    def add_stream(self, name: str, cuts: CutSet, seed_offset: int = 0) -> BatchStream:
+        """An endless batch stream, restored to its checkpointed position on resume."""
+        d = self.cfg.data
+        stream = BatchStream(cuts, name, max_duration=d.max_duration, num_buckets=d.num_buckets,
+                             seed=self.cfg.train.seed + seed_offset, world_size=self.dist.world_size,
+                             rank=self.dist.rank, num_workers=d.num_workers, buffer_size=d.buffer_size)
+        if self.state is not None and name in self.state["streams"]:
+            stream.load_state_dict(self.state["streams"][name])
+        self.streams[name] = stream
+        return stream
+
+    def group_params(self, *names: str) -> list[list[torch.Tensor]]:
+        groups = {g["name"]: g["params"] for g in self.optimizer.param_groups}
+        return [groups[n] for n in names]
+
+    def value(self, loss: torch.Tensor) -> float:
+        """The global value of a loss normalised by a global count (the sum of every rank's share)."""
+        return all_reduce_sum(loss.item(), self.dist, self.device)
+
+    def log_plan(self, text: str) -> None:
+        if self.dist.is_main:
+            log.info("%s plan: %s", self.method, text)
+            self.metrics.log(self.counters.step, "plan", {"text": text})
+
+    def start(self, total_steps: int) -> None:
+        """Restore the RNG (last, after everything that draws from it was built) and print the plan."""
+        if self.state is not None:
+            set_rng_state(self.state["rng"][self.dist.rank])
+            log.info("resumed from step %d", self.counters.step)
+        if self.dist.is_main:
+            hours = {n: s.seconds / 3600 for n, s in self.streams.items()}
+            log.info("%s: %s, %.2f M parameters, %d process(es), %.0f s of audio per batch and process; "
+                     "streams: %s; dev: %d utterances", self.method, self.cfg.model.arch,
+                     count_parameters(self.model) / 1e6, self.dist.world_size, self.cfg.data.max_duration,
+                     ", ".join(f"{n} {h:.2f} h" for n, h in hours.items()), len(self.dev))
+        self.bar = progress_bar(total_steps, self.counters.step, self.dist.is_main, self.method)
+
+    # ------------------------------------------------------------ one step
+
+    def next_batch(self, name: str) -> dict | None:
+        """The next batch of a stream, or None on every rank when any rank's batch failed to load entirely."""
+        batch = next(self.streams[name])
+        self.counters.failed_audio += len(batch["failed"])
+        if any_rank(not batch["ids"], self.dist, self.device):
+            return None
+        seconds = batch["seconds"]
+        if name.startswith("unlabeled"):
+            self.counters.unlabeled_seconds += seconds
+            self.counters.unlabeled_batches += 1
+        else:
+            self.counters.labeled_seconds += seconds
+            self.counters.labeled_batches += 1
+        self._window = (self._window[0] + seconds, self._window[1])
+        return batch
+
+    def features(self, batch: dict, stream: int = 0, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = step_generator(self.cfg.train.seed, self.counters.step, self.dist.rank, stream)
+        return make_features(self.model, batch, self.device, train=augment, cfg=self.cfg, generator=gen)
+
+    def ctc_loss(self, batch: dict) -> torch.Tensor:
+        """f on a labeled batch."""
+        feats, lens = self.features(batch, stream=0)
+        targets = [self.tokenizer.encode(t) for t in batch["texts"]]
+        return ctc_objective(self.model, feats, lens, targets, self.dist, self.device, self.cfg.train.amp)
+
+    def ssl_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """g on an unlabeled batch: the self-supervised loss per predicted position of the global batch."""
+        # No SpecAugment here: the SSL loss masks its own input, and its targets (BEST-RQ labels,
+        # CPC/wav2vec 2.0 targets) must come from clean features.
+        feats, lens = self.features(batch, stream=1, augment=False)
+        self.model.ssl.step_end(self.counters.step)  # schedules inside g (e.g. Gumbel temperature)
+        gen = step_generator(self.cfg.train.seed, self.counters.step, self.dist.rank, stream=2)
+        with autocast(self.device, self.cfg.train.amp):
+            loss_sum, count, stats = self.model.ssl(self.model.encoder, feats, lens, gen)
+        total = all_reduce_sum(float(count), self.dist, self.device)
+        return loss_sum / max(total, 1.0), stats
+
+    def step(self, losses_ok: bool, lrs: dict[str, float], clip: float | None = None) -> tuple[bool, float]:
+        """Sync gradients, clip, and apply an optimiser step with per-group learning rates.
+
+        Groups missing from ``lrs`` are not updated (their gradients are dropped). A step with a
+        non-finite loss or gradient on any rank is skipped everywhere, logged and counted.
+        """
+        sync_gradients(self.params, self.dist)
+        for group in self.optimizer.param_groups:
+            if group["name"] in lrs:
+                group["lr"] = lrs[group["name"]]
+            else:
+                for p in group["params"]:
+                    p.grad = None
+        params = [p for p in self.params if p.grad is not None]
+        clip = self.cfg.optim.clip_grad_norm if clip is None else clip
+        if clip > 0 and params:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        else:
+            norm = torch.sqrt(sum(p.grad.detach().float().pow(2).sum() for p in params)) if params else torch.zeros(())
+        ok = losses_ok and bool(torch.isfinite(norm))
+        ok = not any_rank(not ok, self.dist, self.device)
+        if ok:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not ok:
+            self.counters.bad_steps += 1
+            log.warning("step %d skipped: non-finite loss or gradient", self.counters.step + 1)
+            if self.counters.bad_steps > self.cfg.train.max_bad_steps:
+                raise RuntimeError(f"more than {self.cfg.train.max_bad_steps} non-finite steps; the data or the "
+                                   f"learning rate is broken (see {self.run_dir / 'train.log'})")
+        return ok, float(norm)
+
+    def after_step(self, train_values: dict, phase: str = "", started: float | None = None,
+                   validate: bool = True) -> None:
+        """Count the step, log, validate (unless ``validate`` is off, e.g. while the CTC head is
+        untrained), checkpoint, as configured."""
+        c, t = self.counters, self.cfg.train
+        c.step += 1
+        if started is not None:
+            c.train_seconds += time.time() - started
+        self.bar.update(1)
+        if c.step % t.log_every == 0:
+            audio = all_reduce_sum(self._window[0], self.dist, self.device)
+            speed = audio / max(time.time() - self._window[1], 1e-9)
+            self._window = (0.0, time.time())
+            values = {**train_values, "audio_s_per_s": speed}
+            if phase:
+                values["phase"] = phase
+            self.metrics.log(c.step, "train", values)
+            shown = {k: f"{v:.3f}" for k, v in train_values.items() if k in ("f", "g", "loss", "gamma")}
+            self.bar.set_postfix(phase=phase or None, **shown, audio_s_per_s=f"{speed:.0f}")
+        validated = validate and c.step % t.valid_every == 0
+        if validated:
+            self.validate()
+        if validated or c.step % t.checkpoint_every == 0:
+            self.checkpoint()
+        if self._fault_step and c.step == self._fault_step:
+            os._exit(17)
+
+    # ------------------------------------------------------------ validation and checkpoints
+
+    def validate(self) -> dict | None:
+        """Dev loss, greedy WER/CER on rank 0; keeps best.pt by the configured metric."""
+        result = None
+        c = self.counters
+        if self.dist.is_main:
+            result = score(decode_cuts(self.model, self.tokenizer, self.dev, self.device,
+                                       max_duration=self.cfg.data.max_duration * 2))
+            self.metrics.log(c.step, "dev", {k: result[k] for k in ("loss", "wer", "cer")})
+            log.info("step %d dev: loss %.3f WER %.2f%% CER %.2f%%", c.step, result["loss"], 100 * result["wer"],
+                     100 * result["cer"])
+            value = result[self.cfg.train.best_metric]
+            if value < c.best:
+                c.best, c.best_step = value, c.step
+                self.save_model(self.run_dir / "best.pt", result)
+        best = torch.tensor([c.best, c.best_step], dtype=torch.float64, device=self.device)
+        if self.dist.enabled:  # every rank carries the same counters into the checkpoint
+            torch_dist.broadcast(best, 0)
+        c.best, c.best_step = float(best[0]), int(best[1])
+        return result
+
+    def checkpoint(self) -> None:
+        rngs = [None] * self.dist.world_size
+        if self.dist.enabled:
+            torch_dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if self.dist.is_main:
+            self.ckpts.save(self.counters.step, {
+                "method": self.method, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "streams": {n: s.state_dict() for n, s in self.streams.items()}, "rng": rngs,
+                "counters": vars(self.counters).copy(), "phase_state": self.phase_state,
+                "config": to_dict(self.cfg), "tokenizer": self.tokenizer.state_dict()})
+        barrier(self.dist)
+
+    def save_model(self, path: Path, dev: dict) -> None:
+        """A self-contained model for evaluation and transcription: no optimiser, no SSL head."""
+        atomic_save({"model": self.model.inference_state_dict(), "config": to_dict(self.cfg),
+                     "tokenizer": self.tokenizer.state_dict(), "method": self.method, "step": self.counters.step,
+                     "dev": {k: dev[k] for k in ("loss", "wer", "cer")}}, path)
+
+    def finish(self, extra: dict | None = None) -> dict:
+        """Validate and checkpoint at the end (unless the last step just did), write summary.json."""
+        c = self.counters
+        if c.step % self.cfg.train.valid_every != 0:
+            self.validate()
+            self.checkpoint()
+        if self.bar is not None:
+            self.bar.close()
+        w = self.dist.world_size
+        labeled_total = sum(cut.duration for cut in self.labeled)
+        summary = {
+            "method": self.method, "steps": c.step, "best_step": c.best_step,
+            f"best_dev_{self.cfg.train.best_metric}": c.best, "bad_steps": c.bad_steps,
+            "failed_audio": c.failed_audio, "parameters": count_parameters(self.model),
+            "inference_parameters": sum(p.numel() for n, p in self.model.named_parameters() if not n.startswith("ssl.")),
+            "train_seconds": c.train_seconds,
+            "labeled_hours_processed": c.labeled_seconds * w / 3600,
+            "unlabeled_hours_processed": c.unlabeled_seconds * w / 3600,
+            "labeled_passes": c.labeled_seconds * w / labeled_total,
+            "labeled_batches": c.labeled_batches, "unlabeled_batches": c.unlabeled_batches,
+            **(extra or {}),
+        }
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            log.info("done: %s", summary)
+        return summary
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self._log_handler is not None:
+            logging.getLogger("bljust").removeHandler(self._log_handler)
+            self._log_handler.close()
+        cleanup_distributed(self.dist)
+

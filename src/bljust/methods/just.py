@@ -1,0 +1,46 @@
+"""JUST (Bai et al., arXiv 2111.08137): one loop on f + λ·g with a fixed λ.
+
+Each step takes one labeled and one unlabeled batch; no exploration, no final fine-tuning.
+It is BL-JUST's joint step with a constant weight and η's gradient scaled by λ like θ's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from bljust.config import Config
+from bljust.methods.common import Run, joint_gradients, track_penalty_gap
+from bljust.training import lr_factor
+
+
+def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
+    run = Run(cfg, data_dir, run_dir, method="just", resume=resume, ssl=True)
+    try:
+        lam, total, o = cfg.just.lam, cfg.train.max_steps, cfg.optim
+        labeled = run.add_stream("labeled", run.labeled)
+        unlabeled = run.add_stream("unlabeled", run.load_unlabeled(), seed_offset=1)
+        theta, phi, eta = run.group_params("theta", "phi", "eta")
+        run.log_plan(f"{total} joint steps on f + {lam}·g; labeled pass = {labeled.batches_per_epoch()} batches, "
+                     f"unlabeled pass = {unlabeled.batches_per_epoch()} batches")
+        run.start(total)
+        run.model.train()
+        while run.counters.step < total:
+            started = time.time()
+            bl, bu = run.next_batch("labeled"), run.next_batch("unlabeled")
+            if bl is None or bu is None:
+                continue
+            f = run.ctc_loss(bl)
+            g, stats = run.ssl_loss(bu)
+            health = joint_gradients(f, g, theta, phi, eta, weight=lam, eta_weight=lam)
+            lr = o.lr * lr_factor(run.counters.step, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
+            _, norm = run.step(bool(torch.isfinite(f)) and bool(torch.isfinite(g)), {"theta": lr, "phi": lr, "eta": lr})
+            g_value = run.value(g)
+            run.after_step({"f": run.value(f), "g": g_value, "lambda": lam, "lr": lr, "grad_norm": norm,
+                            "penalty_gap": track_penalty_gap(run.phase_state, g_value), **health,
+                            **{f"ssl_{n}": v for n, v in stats.items()}}, phase="joint", started=started)
+        return run.finish({"lambda": lam})
+    finally:
+        run.close()

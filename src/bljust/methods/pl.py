@@ -1,0 +1,109 @@
+"""Iterative pseudo-labeling: a seed model trained on the labeled split transcribes the
+unlabeled split; the most confident hypotheses of plausible length join the labeled data, and
+training continues on the union; R rounds, each re-labeling with the latest model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from lhotse import CutSet
+from lhotse.utils import fastcopy
+
+from bljust.config import Config, PLConfig
+from bljust.evaluate import decode_cuts
+from bljust.methods.common import Run
+from bljust.training import barrier, lr_factor
+
+log = logging.getLogger("bljust.train")
+
+
+def select_pseudo_labels(cuts: CutSet, decoded: dict, cfg: PLConfig) -> tuple[CutSet, dict]:
+    """Keep hypotheses with a plausible length, then the top ``keep_fraction`` of all by confidence."""
+    conf, hyps = decoded["confidence"], decoded["hyps"]
+    by_id = {c.id: c for c in cuts}
+    plausible = [cid for cid, h in hyps.items()
+                 if h and cfg.min_chars_per_second <= len(h) / by_id[cid].duration <= cfg.max_chars_per_second]
+    n_keep = int(round(cfg.keep_fraction * len(hyps)))
+    kept = sorted(plausible, key=lambda cid: conf[cid], reverse=True)[:n_keep]
+    out = []
+    for cid in sorted(kept):
+        cut = by_id[cid]
+        sup = fastcopy(cut.supervisions[0], text=hyps[cid])
+        out.append(fastcopy(cut, supervisions=[sup]))
+    stats = {"decoded": len(hyps), "plausible_length": len(plausible), "kept": len(out),
+             "kept_hours": sum(c.duration for c in out) / 3600,
+             "mean_confidence_kept": sum(conf[c] for c in kept) / max(len(kept), 1)}
+    return CutSet.from_cuts(out), stats
+
+
+def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
+    run = Run(cfg, data_dir, run_dir, method="pl", resume=resume)
+    try:
+        p, o, total = cfg.pl, cfg.optim, cfg.train.max_steps
+        seed_steps = round(p.seed_fraction * total)
+        per_round = (total - seed_steps) // p.rounds
+        # stage 0 trains the seed model; stage r = 1..R trains on labeled + round-r pseudo-labels
+        starts = [0, *(seed_steps + r * per_round for r in range(p.rounds))] + [total]
+        unlabeled = run.load_unlabeled()
+        run.add_stream("labeled", run.labeled)
+        for r in range(1, p.rounds + 1):  # streams of rounds already under way (resume)
+            manifest = run.run_dir / "pseudo" / f"round{r}_cuts.jsonl.gz"
+            if f"round{r}" in (run.state or {}).get("streams", {}):
+                run.add_stream(f"round{r}", run.labeled + _load(manifest), seed_offset=r)
+        run.log_plan(f"seed model {seed_steps} steps on labeled data, then {p.rounds} round(s) of {per_round} steps "
+                     f"on labeled + pseudo-labeled data (keep top {p.keep_fraction:.0%} by confidence)")
+        run.start(total)
+        run.model.train()
+        while run.counters.step < total:
+            step = run.counters.step
+            stage = max(s for s in range(len(starts) - 1) if starts[s] <= step)
+            name = "labeled" if stage == 0 else f"round{stage}"
+            if name not in run.streams:
+                run.add_stream(name, run.labeled + pseudo_label(run, unlabeled, stage), seed_offset=stage)
+            started = time.time()
+            batch = run.next_batch(name)
+            if batch is None:
+                continue
+            f = run.ctc_loss(batch)
+            f.backward()
+            span = starts[stage + 1] - starts[stage]
+            lr = o.lr * lr_factor(step - starts[stage], span, o.warmup_steps if stage == 0 else 0, o.schedule,
+                                  o.min_lr_ratio)
+            _, norm = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
+            run.after_step({"f": run.value(f), "lr": lr, "grad_norm": norm, "round": stage},
+                           phase="seed" if stage == 0 else f"round{stage}", started=started)
+        return run.finish({"rounds": p.rounds, "seed_steps": seed_steps, "round_steps": per_round,
+                           "pseudo_labels": run.phase_state.get("pseudo_labels", {})})
+    finally:
+        run.close()
+
+
+def pseudo_label(run: Run, unlabeled: CutSet, stage: int) -> CutSet:
+    """Decode the unlabeled split with the current model (rank 0), filter, and save the manifest."""
+    path = run.run_dir / "pseudo" / f"round{stage}_cuts.jsonl.gz"
+    if run.dist.is_main:
+        decoded = decode_cuts(run.model, run.tokenizer, unlabeled, run.device,
+                              max_duration=run.cfg.data.max_duration * 2, with_loss=False)
+        cuts, stats = select_pseudo_labels(unlabeled, decoded, run.cfg.pl)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.jsonl.gz")
+        cuts.to_file(tmp)
+        tmp.replace(path)
+        run.phase_state.setdefault("pseudo_labels", {})[f"round{stage}"] = stats
+        run.metrics.log(run.counters.step, "pseudo_labels", {"round": stage, **stats})
+        log.info("round %d pseudo-labels: %s", stage, stats)
+    barrier(run.dist)
+    cuts = _load(path)
+    if len(cuts) == 0:
+        log.warning("round %d: no pseudo-label passed the filters; this round trains on labeled data only", stage)
+        return cuts
+    return run.filter(cuts, f"round{stage} pseudo-labeled", labeled=True)
+
+
+def _load(path: Path) -> CutSet:
+    cuts = CutSet.from_file(path)  # lhotse reads an empty manifest as None
+    return cuts.to_eager() if cuts is not None else CutSet.from_cuts([])

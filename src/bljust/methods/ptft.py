@@ -1,0 +1,56 @@
+"""PT+FT: self-supervised pre-training of (θ, η) on g over the unlabeled split, then
+supervised fine-tuning of (θ, φ) on f over the labeled split. Fine-tuning starts from the
+pre-trained encoder with a fresh optimiser state; η is discarded.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from bljust.config import Config
+from bljust.methods.common import Run
+from bljust.training import lr_factor
+
+
+def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
+    run = Run(cfg, data_dir, run_dir, method="ptft", resume=resume, ssl=True)
+    try:
+        p, o, total = cfg.ptft, cfg.optim, cfg.train.max_steps
+        n_pt = round(p.pretrain_fraction * total)
+        labeled = run.add_stream("labeled", run.labeled)
+        unlabeled = run.add_stream("unlabeled", run.load_unlabeled(), seed_offset=1)
+        run.log_plan(f"{n_pt} pre-training steps on g, then {total - n_pt} fine-tuning steps on f; labeled pass = "
+                     f"{labeled.batches_per_epoch()} batches, unlabeled pass = {unlabeled.batches_per_epoch()} batches")
+        run.start(total)
+        run.model.train()
+        while run.counters.step < total:
+            step, started = run.counters.step, time.time()
+            if step < n_pt:  # pre-training: (θ, η) -= lr ∇g
+                batch = run.next_batch("unlabeled")
+                if batch is None:
+                    continue
+                g, stats = run.ssl_loss(batch)
+                g.backward()
+                lr = p.pretrain_lr * lr_factor(step, n_pt, o.warmup_steps, o.schedule, o.min_lr_ratio)
+                _, norm = run.step(bool(torch.isfinite(g)), {"theta": lr, "eta": lr})
+                run.after_step({"g": run.value(g), "lr": lr, "grad_norm": norm,
+                                **{f"ssl_{n}": v for n, v in stats.items()}},
+                               phase="pretrain", started=started, validate=False)
+                continue
+            if not run.phase_state.get("finetune_started"):
+                run.optimizer.state.clear()  # a fresh optimiser for fine-tuning, as in two separate runs
+                run.phase_state["finetune_started"] = True
+            batch = run.next_batch("labeled")  # fine-tuning: (θ, φ) -= lr ∇f
+            if batch is None:
+                continue
+            f = run.ctc_loss(batch)
+            f.backward()
+            lr = p.finetune_lr * lr_factor(step - n_pt, total - n_pt, o.warmup_steps, o.schedule, o.min_lr_ratio)
+            _, norm = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
+            run.after_step({"f": run.value(f), "lr": lr, "grad_norm": norm}, phase="finetune", started=started)
+        return run.finish({"pretrain_steps": n_pt, "finetune_steps": total - n_pt})
+    finally:
+        run.close()

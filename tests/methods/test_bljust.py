@@ -1,0 +1,126 @@
+"""BL-JUST: the joint step's gradients, the γ schedules, the phase plan, and the loop end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bljust.config import BLJustConfig, load_config
+from bljust.methods import bljust
+from bljust.methods.bljust import Plan, gamma_at, make_plan
+from bljust.methods.common import ctc_objective, joint_gradients
+from bljust.models.asr import CTCModel
+from bljust.training import Dist
+from tests.conftest import TINY
+
+CPU = torch.device("cpu")
+
+
+def _setup(loss: str = "bestrq"):
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["model.dropout=0.0", f"ssl.loss={loss}", "ssl.mask_prob=0.1", "ssl.mask_span=5"])
+    model = CTCModel(cfg, 30, ssl=True)
+    g = torch.Generator().manual_seed(1)
+    lf, uf = torch.randn(2, 200, 80, generator=g), torch.randn(3, 240, 80, generator=g)
+    data = {"l": (lf, torch.tensor([200, 150])), "u": (uf, torch.tensor([240, 200, 180])),
+            "targets": [[3, 4, 5, 6], [7, 8, 9]]}
+    return cfg, model, data
+
+
+def _f(model, data):
+    return ctc_objective(model, *data["l"], data["targets"], Dist(), CPU, amp=False)
+
+
+def _g(model, data):
+    loss_sum, count, _ = model.ssl(model.encoder, *data["u"], torch.Generator().manual_seed(7))
+    return loss_sum / count
+
+
+def _groups(model):
+    return [g["params"] for g in model.param_groups(1e-3)]
+
+
+@pytest.mark.parametrize("loss", ["bestrq", "cpc", "wav2vec2"])
+@pytest.mark.parametrize("gamma", [0.0, 0.7])
+def test_joint_step_gradients_match_hand_computed(loss, gamma):
+    cfg, model, data = _setup(loss)
+    theta, phi, eta = _groups(model)
+    joint_gradients(_f(model, data), _g(model, data), theta, phi, eta, weight=gamma, eta_weight=1.0)
+    got = {id(p): p.grad.clone() for p in theta + phi + eta}
+
+    # θ by the gradient of f + γ·g, φ by ∇f alone, η by ∇g alone (unscaled).
+    model.zero_grad(set_to_none=True)
+    (_f(model, data) + gamma * _g(model, data)).backward()
+    for p in theta + phi:
+        ref = p.grad if p.grad is not None else torch.zeros_like(p)
+        torch.testing.assert_close(got[id(p)], ref, atol=1e-6, rtol=1e-5)
+    model.zero_grad(set_to_none=True)
+    _g(model, data).backward()
+    for p in eta:
+        ref = p.grad if p.grad is not None else torch.zeros_like(p)
+        torch.testing.assert_close(got[id(p)], ref, atol=1e-6, rtol=1e-5)
+    # φ never sees g, η never sees f.
+    model.zero_grad(set_to_none=True)
+    _g(model, data).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in phi)
+
+
+def test_joint_step_with_zero_gamma_is_a_supervised_step():
+    cfg, model, data = _setup()
+    theta, phi, eta = _groups(model)
+    joint_gradients(_f(model, data), _g(model, data), theta, phi, eta, weight=0.0, eta_weight=1.0)
+    got = [p.grad.clone() for p in theta + phi]
+    model.zero_grad(set_to_none=True)
+    _f(model, data).backward()
+    for p, g in zip(theta + phi, got):
+        torch.testing.assert_close(g, p.grad if p.grad is not None else torch.zeros_like(p), atol=1e-7, rtol=1e-6)
+
+
+def test_gamma_schedules_keep_their_promises():
+    K = 11
+    lin = BLJustConfig(gamma_schedule="linear", gamma_0=0.1, gamma_max=2.0, ramp_fraction=0.5)
+    values = [gamma_at(lin, k, K) for k in range(K)]
+    assert values[0] == pytest.approx(0.1)
+    assert values[5] == pytest.approx(2.0)  # reached at ramp_fraction of the epochs
+    assert all(v == pytest.approx(2.0) for v in values[5:])
+    assert all(a < b for a, b in zip(values[:5], values[1:6]))
+    assert values[2] == pytest.approx(0.1 + 1.9 * 2 / 5)
+
+    cos = BLJustConfig(gamma_schedule="cosine", gamma_max=1.0, ramp_fraction=1.0)
+    c = [gamma_at(cos, k, K) for k in range(K)]
+    assert c[0] == 0.0 and c[-1] == pytest.approx(1.0) and c[5] == pytest.approx(0.5)
+
+    step = BLJustConfig(gamma_schedule="step", gamma_max=1.0, ramp_fraction=1.0, gamma_stairs=2)
+    s = [gamma_at(step, k, K) for k in range(K)]
+    assert set(s) == {0.0, 0.5, 1.0} and s[-1] == 1.0 and s[4] == 0.0 and s[5] == 0.5
+
+    const = BLJustConfig(gamma_schedule="constant", gamma_max=0.3)
+    assert {gamma_at(const, k, K) for k in range(K)} == {0.3}
+
+
+def test_plan_resolves_defaults_and_locates_steps():
+    plan = make_plan(BLJustConfig(explore_fraction=0.25, finetune_fraction=0.1), max_steps=100,
+                     labeled_batches=8, unlabeled_batches=40)
+    assert (plan.explore, plan.joint, plan.finetune) == (10, 8, 10)
+    assert plan.outer_epochs == (100 - 10) // 18 and plan.total <= 100
+    p = Plan(outer_epochs=2, explore=2, joint=3, finetune=2)
+    phases = [p.locate(s)[0] for s in range(p.total)]
+    assert phases == ["explore"] * 2 + ["joint"] * 3 + ["explore"] * 2 + ["joint"] * 3 + ["finetune"] * 2
+    assert Plan(1, 0, 3, 0).locate(2) == ("joint", 0, 2)  # ablation: no exploration
+
+
+def test_phase_counts_in_the_metrics_log(tiny_corpus, tmp_path):
+    cfg = load_config(TINY, ["train.max_steps=12", "bljust.explore_steps=2", "bljust.joint_steps=3",
+                             "bljust.finetune_steps=2", "bljust.outer_epochs=2", "train.valid_every=100"])
+    summary = bljust.train(cfg, tiny_corpus, tmp_path / "run")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    phases = [r["phase"] for r in train]
+    assert phases.count("explore") == 4 and phases.count("joint") == 6 and phases.count("finetune") == 2
+    joint = [r for r in train if r["phase"] == "joint"]
+    assert [r["gamma"] for r in joint] == [0.0] * 3 + [1.0] * 3
+    for key in ("f", "g", "grad_f_norm", "weighted_grad_g_norm", "grad_cos", "penalty_gap"):
+        assert all(key in r for r in joint), key
+    assert summary["steps"] == 12 and summary["unlabeled_batches"] == 4 + 6

@@ -1,0 +1,63 @@
+"""A run killed mid-phase and resumed ends with exactly the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bljust.checkpoint import load
+from bljust.config import load_config
+from bljust.methods import METHODS
+from bljust.methods.common import FAULT_ENV
+from tests.conftest import REPO, TINY
+
+COMMON = ["train.checkpoint_every=2", "train.valid_every=4", "model.dropout=0.1", "data.max_duration=10"]
+CASES = {
+    # method, extra settings, step after which the process dies (the last checkpoint is the even step before)
+    "supervised": (["train.max_steps=6"], 5),
+    "bljust": (["train.max_steps=12", "bljust.outer_epochs=2", "bljust.explore_steps=2", "bljust.joint_steps=3",
+                "bljust.finetune_steps=2"], 9),           # dies in epoch 2's joint phase
+    "ptft-pretrain": (["train.max_steps=8"], 3),          # dies while pre-training
+    "ptft-finetune": (["train.max_steps=8"], 7),          # dies while fine-tuning
+    "pl": (["train.max_steps=10", "pl.min_chars_per_second=0"], 7),  # dies in round 2, after its labeling
+}
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bljust", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=REPO)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_killed_run_resumes_exactly(case, tiny_corpus, tmp_path):
+    method = case.split("-")[0]
+    extra, die_after = CASES[case]
+    settings = COMMON + extra
+    cfg = load_config(TINY, settings)
+    summary = METHODS[method](cfg, tiny_corpus, tmp_path / "straight")
+    total = summary["steps"]
+
+    sets = [a for s in settings for a in ("--set", s)]
+    base = ["train", "--method", method, "--data", str(tiny_corpus), "--out", str(tmp_path / "killed")]
+    killed = _cli(*base, "--config", str(TINY), *sets, env={FAULT_ENV: str(die_after)})
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    resumed = _cli(*base, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {die_after - die_after % 2}" in resumed.stderr
+
+    name = f"step-{total:07d}.pt"
+    a, b = load(tmp_path / "straight" / "checkpoints" / name), load(tmp_path / "killed" / "checkpoints" / name)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["streams"] == b["streams"] and a["phase_state"] == b["phase_state"]
+    ca, cb = dict(a["counters"]), dict(b["counters"])
+    for c in (ca, cb):
+        c.pop("train_seconds")
+    assert ca == cb
+    records = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert sum('"kind": "train"' in r for r in records) == total  # each step logged once
