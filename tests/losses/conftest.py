@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,16 +50,9 @@ def _pad(feats: list[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 @pytest.fixture(scope="session")
-def unlabeled_corpus(tmp_path_factory) -> Path:
-    """About one minute of synthesised unlabeled speech (10 utterances, 10 voices)."""
-    if os.environ.get("BLJUST_TEST_SSL_CORPUS"):  # a corpus made earlier, for quick local iterations
-        return Path(os.environ["BLJUST_TEST_SSL_CORPUS"])
-    from bljust.data.synth import synthesize_corpus
-
-    out = tmp_path_factory.mktemp("ssl_corpus")
-    synthesize_corpus(out, labeled_minutes=0.05, unlabeled_minutes=1.0, dev_minutes=0.05, test_minutes=0.05,
-                      seed=0, jobs=2, progress=False)
-    return out
+def unlabeled_corpus(tiny_corpus) -> Path:
+    """The shared generated corpus: its unlabeled split holds about one minute of speech."""
+    return tiny_corpus
 
 
 @pytest.fixture(scope="session")
