@@ -118,3 +118,41 @@ def test_torchrun_two_processes(tiny_corpus, tmp_path):
         sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000002.pt", "step-0000003.pt"]
     state = load(tmp_path / "run" / "checkpoints" / "step-0000003.pt")
     assert len(state["rng"]) == 2
+
+
+def test_non_finite_loss_skips_the_step_and_counts_it(tiny_corpus, tmp_path, monkeypatch):
+    import bljust.methods.common as common
+
+    real, calls = common.ctc_loss_sum, {"n": 0}
+
+    def sometimes_inf(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("inf") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(common, "ctc_loss_sum", sometimes_inf)
+    summary = supervised.train(load_config(TINY, ["train.max_steps=4"]), tiny_corpus, tmp_path / "run")
+    assert summary["bad_steps"] == 1 and summary["steps"] == 4
+    state = load(tmp_path / "run" / "checkpoints" / "step-0000004.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_unreadable_audio_mid_run_is_skipped_and_counted(tiny_corpus, tmp_path):
+    import shutil
+
+    from lhotse import RecordingSet
+    from lhotse.utils import fastcopy
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    labeled = load_split(data, "labeled")
+    recs, sups = labeled.decompose()[:2]
+    broken = tmp_path / "broken.flac"
+    broken.write_bytes(b"this is not audio")  # passed the import checks once, then got corrupted
+    first = recs[0]
+    bad = fastcopy(first, sources=[fastcopy(first.sources[0], source=str(broken))])
+    write_split(data, "labeled", RecordingSet.from_recordings([bad, *list(recs)[1:]]), sups)
+    cfg = load_config(TINY, ["train.max_steps=30", "train.valid_every=100"])
+    summary = supervised.train(cfg, data, tmp_path / "run")
+    assert summary["steps"] == 30 and summary["failed_audio"] >= 1
+    assert "broken.flac" in (tmp_path / "run" / "train.log").read_text()

@@ -81,7 +81,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         plan = make_plan(b, cfg.train.max_steps, labeled.batches_per_epoch(), unlabeled.batches_per_epoch())
         theta, phi, eta = run.group_params("theta", "phi", "eta")
         run.log_plan(f"K={plan.outer_epochs} outer epochs × (N1={plan.explore} exploration + N2={plan.joint} joint "
-                     f"steps) + N3={plan.finetune} fine-tuning steps = {plan.total} steps; labeled pass = "
+                     f"steps) + N3={plan.finetune} fine-tuning steps = {plan.total} steps; a joint step takes 1 "
+                     f"labeled and 1 unlabeled batch (ratio 1:1 in batches); labeled pass = "
                      f"{labeled.batches_per_epoch()} batches, unlabeled pass = {unlabeled.batches_per_epoch()} "
                      f"batches; γ: {b.gamma_schedule} {b.gamma_0} → {b.gamma_max}")
         run.start(plan.total)

@@ -214,11 +214,14 @@ class Run:
             set_rng_state(self.state["rng"][self.dist.rank])
             log.info("resumed from step %d", self.counters.step)
         if self.dist.is_main:
-            hours = {n: s.seconds / 3600 for n, s in self.streams.items()}
-            log.info("%s: %s, %.2f M parameters, %d process(es), %.0f s of audio per batch and process; "
-                     "streams: %s; dev: %d utterances", self.method, self.cfg.model.arch,
-                     count_parameters(self.model) / 1e6, self.dist.world_size, self.cfg.data.max_duration,
-                     ", ".join(f"{n} {h:.2f} h" for n, h in hours.items()), len(self.dev))
+            # An epoch of a stream is one pass of its sampler over its split; every stream
+            # cycles, so a shorter stream simply starts its next epoch.
+            streams = "; ".join(f"{n}: {s.seconds / 3600:.2f} h, one epoch = {s.batches_per_epoch()} batches"
+                                for n, s in self.streams.items())
+            log.info("%s: %s, %.2f M parameters, %d process(es), up to %.0f s of audio per batch and process; "
+                     "streams (each cycles when exhausted): %s; dev: %d utterances", self.method,
+                     self.cfg.model.arch, count_parameters(self.model) / 1e6, self.dist.world_size,
+                     self.cfg.data.max_duration, streams, len(self.dev))
         self.bar = progress_bar(total_steps, self.counters.step, self.dist.is_main, self.method)
 
     # ------------------------------------------------------------ one step
@@ -311,7 +314,7 @@ class Run:
                 values["phase"] = phase
             self.metrics.log(c.step, "train", values)
             shown = {k: f"{v:.3f}" for k, v in train_values.items() if k in ("f", "g", "loss", "gamma")}
-            self.bar.set_postfix(phase=phase or None, **shown, audio_s_per_s=f"{speed:.0f}")
+            self.bar.set_postfix(**({"phase": phase} if phase else {}), **shown, audio_s_per_s=f"{speed:.0f}")
         validated = validate and c.step % t.valid_every == 0
         if validated:
             self.validate()

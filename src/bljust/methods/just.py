@@ -23,8 +23,9 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         labeled = run.add_stream("labeled", run.labeled)
         unlabeled = run.add_stream("unlabeled", run.load_unlabeled(), seed_offset=1)
         theta, phi, eta = run.group_params("theta", "phi", "eta")
-        run.log_plan(f"{total} joint steps on f + {lam}·g; labeled pass = {labeled.batches_per_epoch()} batches, "
-                     f"unlabeled pass = {unlabeled.batches_per_epoch()} batches")
+        run.log_plan(f"{total} joint steps on f + {lam}·g, each on 1 labeled and 1 unlabeled batch (ratio 1:1 in "
+                     f"batches); labeled pass = {labeled.batches_per_epoch()} batches, unlabeled pass = "
+                     f"{unlabeled.batches_per_epoch()} batches")
         run.start(total)
         run.model.train()
         while run.counters.step < total:
