@@ -1,6 +1,5 @@
 import math
 
-import numpy as np
 import torch
 
 from bljust.config import FeatureConfig, SpecAugmentConfig

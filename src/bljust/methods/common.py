@@ -213,6 +213,9 @@ class Run:
         if self.state is not None:
             set_rng_state(self.state["rng"][self.dist.rank])
             log.info("resumed from step %d", self.counters.step)
+            # The loaded checkpoint duplicates model and optimiser tensors; streams added
+            # later (pseudo-labeling rounds) are new, so nothing needs it past this point.
+            self.state = None
         if self.dist.is_main:
             # An epoch of a stream is one pass of its sampler over its split; every stream
             # cycles, so a shorter stream simply starts its next epoch.
