@@ -81,9 +81,14 @@ def test_bad_config_is_a_clear_error(tmp_path, tiny_corpus):
 
 
 def test_demo_with_tiny_recipe(tmp_path, tiny_corpus):
-    r = run("demo", "--data", str(tiny_corpus), "--out", str(tmp_path / "demo"), "--config", str(TINY))
-    assert "| supervised | test |" in r.stdout
-    assert (tmp_path / "demo" / "supervised" / "eval" / "test.json").is_file()
+    """The demo runs compare: all five methods, the headline table and the report."""
+    r = run("demo", "--data", str(tiny_corpus), "--out", str(tmp_path / "demo"), "--config", str(TINY),
+            "--budget", "8", "--no-progress")
+    for name in ("supervised", "PT+FT", "JUST", "PL", "BL-JUST"):
+        assert f"| {name} | 1 |" in r.stdout
+    assert (tmp_path / "demo" / "report.html").is_file()
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert len(results["runs"]) == 5 and results["failed"] == []
 
 
 @pytest.mark.parametrize("method", ["supervised", "ptft", "just", "pl", "bljust"])

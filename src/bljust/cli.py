@@ -1,4 +1,4 @@
-"""The ``bljust`` command line: corpus, train, evaluate, transcribe, demo."""
+"""The ``bljust`` command line: corpus, train, evaluate, transcribe, compare, demo, bench."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+ALL_METHODS = ("supervised", "ptft", "just", "pl", "bljust")
 
 log = logging.getLogger("bljust")
 
@@ -128,28 +129,46 @@ def cmd_transcribe(args) -> int:
     return 1 if failures else 0
 
 
+def _compare_args(args) -> dict:
+    seeds = list(range(args.seeds))
+    if not seeds:
+        raise ValueError("--seeds must be at least 1")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    return {"methods": methods, "seeds": seeds, "overrides": args.set or [], "budget": args.budget,
+            "jobs": args.jobs, "device": args.device, "progress": not args.no_progress}
+
+
+def _print_results(results: dict, out: Path) -> int:
+    from bljust.report import headline_table
+
+    if results["runs"]:
+        print(headline_table(results))
+        print(f"\nreport: {out / 'report.html'} (also report.md, results.json, runs/)")
+    for f in results["failed"]:
+        print(f"bljust compare: {f['method']} seed {f['seed']} failed (exit code {f['exit_code']}); see {f['log']}",
+              file=sys.stderr)
+    return 1 if results["failed"] else 0
+
+
+def cmd_compare(args) -> int:
+    from bljust.compare import compare
+
+    results = compare(args.data, args.out, config=args.config, **_compare_args(args))
+    return _print_results(results, Path(args.out))
+
+
 def cmd_demo(args) -> int:
-    from bljust.config import load_config
+    from bljust.compare import compare
     from bljust.data.manifests import SPLITS, has_split
-    from bljust.methods import supervised
 
     data, out = Path(args.data), Path(args.out)
     if not all(has_split(data, s) for s in SPLITS):
         from bljust.data.synth import format_summary, synthesize_corpus
 
         print(f"generating the demo corpus in {data} ...", file=sys.stderr)
-        print(format_summary(synthesize_corpus(data, seed=args.seed, jobs=args.jobs)))
-    cfg = load_config(args.config or _recipe("demo.yaml"), args.set or [])
-    run = out / "supervised"
-    resume = (run / "checkpoints").is_dir()
-    supervised.train(cfg, data, run, resume=resume)
-    lines = []
-    for split in ("dev", "test"):
-        r = evaluate_run(run, data, split)
-        lines.append(f"| supervised | {split} | {100 * r['wer']:.1f} | {100 * r['cer']:.1f} | {r['num_utterances']} |")
-    print("\n| method | split | WER % | CER % | utterances |\n|---|---|---|---|---|\n" + "\n".join(lines))
-    print(f"\nrun directory: {run} (best.pt, metrics.jsonl, tb/, eval/)")
-    return 0
+        print(format_summary(synthesize_corpus(data, seed=args.corpus_seed, jobs=args.synth_jobs)))
+    results = compare(data, out, config=args.config or _recipe("demo.yaml"), **_compare_args(args))
+    return _print_results(results, out)
 
 
 def cmd_bench(args) -> int:
@@ -220,14 +239,27 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="cpu")
     tr.set_defaults(func=cmd_transcribe)
 
-    d = sub.add_parser("demo", help="generate the demo corpus, train and evaluate")
-    d.add_argument("--data", default="data/demo")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--config", help="defaults to recipes/demo.yaml")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE")
-    d.add_argument("--seed", type=int, default=0, help="corpus seed")
-    d.add_argument("--jobs", type=int, default=2)
-    d.set_defaults(func=cmd_demo)
+    for name, help_ in (("compare", "train every method × seed under one budget; write results.json and a report"),
+                        ("demo", "generate the demo corpus (if absent) and run compare on it")):
+        c = sub.add_parser(name, help=help_)
+        if name == "compare":
+            c.add_argument("--data", required=True, help="data directory (labeled, unlabeled, dev, test splits)")
+            c.add_argument("--out", required=True, help="report directory (results.json, report.html, runs/)")
+            c.add_argument("--config", help="YAML config shared by every method (e.g. recipes/demo.yaml)")
+        else:
+            c.add_argument("--data", default="data/demo")
+            c.add_argument("--out", default="runs/demo")
+            c.add_argument("--config", help="defaults to recipes/demo.yaml")
+            c.add_argument("--corpus-seed", type=int, default=0, help="seed of the generated corpus")
+            c.add_argument("--synth-jobs", type=int, default=2, help="parallel synthesis processes")
+        c.add_argument("--methods", help=f"comma-separated (default: all: {','.join(ALL_METHODS)})")
+        c.add_argument("--seeds", type=int, default=1, help="train seeds 0..N-1 of every method (default 1)")
+        c.add_argument("--budget", type=int, help="batch passes per run (default: the config's train.max_steps)")
+        c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value for every run")
+        c.add_argument("--jobs", type=int, help="runs at a time (default: one per CPU core, or one per GPU)")
+        c.add_argument("--device", default="auto", help="auto (GPUs when present), cpu or cuda")
+        c.add_argument("--no-progress", action="store_true", help="no progress bar")
+        c.set_defaults(func=cmd_compare if name == "compare" else cmd_demo)
     b = sub.add_parser("bench", help="time a supervised, an SSL and a BL-JUST joint step side by side")
     b.add_argument("--config", help="YAML config (default: the built-in defaults)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,21 @@ from bljust.evaluate import decode_cuts, score
 from bljust.models import count_parameters
 from bljust.models.asr import CTCModel, ctc_loss_sum
 from bljust.training import (
-    Dist, MetricsLogger, all_reduce_sum, any_rank, autocast, barrier, build_optimizer, cleanup_distributed,
-    make_features, pick_device, progress_bar, seed_everything, setup_distributed, setup_run_dir, step_generator,
+    Dist,
+    MetricsLogger,
+    all_reduce_sum,
+    any_rank,
+    autocast,
+    barrier,
+    build_optimizer,
+    cleanup_distributed,
+    make_features,
+    pick_device,
+    progress_bar,
+    seed_everything,
+    setup_distributed,
+    setup_run_dir,
+    step_generator,
 )
 
 log = logging.getLogger("bljust.train")
@@ -225,7 +239,7 @@ class Run:
                      "streams (each cycles when exhausted): %s; dev: %d utterances", self.method,
                      self.cfg.model.arch, count_parameters(self.model) / 1e6, self.dist.world_size,
                      self.cfg.data.max_duration, streams, len(self.dev))
-        self.bar = progress_bar(total_steps, self.counters.step, self.dist.is_main, self.method)
+        self.bar = progress_bar(total_steps, self.counters.step, self.dist.is_main and sys.stderr.isatty(), self.method)
 
     # ------------------------------------------------------------ one step
 
@@ -312,7 +326,7 @@ class Run:
             audio = all_reduce_sum(self._window[0], self.dist, self.device)
             speed = audio / max(time.time() - self._window[1], 1e-9)
             self._window = (0.0, time.time())
-            values = {**train_values, "audio_s_per_s": speed}
+            values = {**train_values, "audio_s_per_s": speed, **self._position()}
             if phase:
                 values["phase"] = phase
             self.metrics.log(c.step, "train", values)
@@ -326,6 +340,12 @@ class Run:
         if self._fault_step and c.step == self._fault_step:
             os._exit(17)
 
+    def _position(self) -> dict:
+        """Cumulative batches and training seconds: the x-axes of compute-matched curves."""
+        c = self.counters
+        return {"labeled_batches": c.labeled_batches, "unlabeled_batches": c.unlabeled_batches,
+                "train_seconds": c.train_seconds}
+
     # ------------------------------------------------------------ validation and checkpoints
 
     def validate(self) -> dict | None:
@@ -335,7 +355,7 @@ class Run:
         if self.dist.is_main:
             result = score(decode_cuts(self.model, self.tokenizer, self.dev, self.device,
                                        max_duration=self.cfg.data.max_duration * 2))
-            self.metrics.log(c.step, "dev", {k: result[k] for k in ("loss", "wer", "cer")})
+            self.metrics.log(c.step, "dev", {**{k: result[k] for k in ("loss", "wer", "cer")}, **self._position()})
             log.info("step %d dev: loss %.3f WER %.2f%% CER %.2f%%", c.step, result["loss"], 100 * result["wer"],
                      100 * result["cer"])
             value = result[self.cfg.train.best_metric]

@@ -1,0 +1,554 @@
+"""The comparison report: ``results.json`` from ``bljust compare`` → ``report.md``, ``report.html``, ``plots/``.
+
+Both documents are rendered from one list of blocks (headings, paragraphs, tables, figures), so
+they cannot disagree. The HTML is one self-contained file (figures as base64 PNG, inline CSS, no
+external reference), for mailing or archiving next to the run directories.
+
+Error rates are corpus-level fractions in ``results.json``, printed as percentages with one
+decimal; "±" is the sample standard deviation over seeds (ddof=1), "±–" when only one seed ran.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # the report only writes files: no display needed, no window opened
+import matplotlib.pyplot as plt
+
+SUMMARY_KEYS = ("dev_wer", "dev_cer", "test_wer", "test_cer", "train_seconds", "audio_hours", "batch_passes")
+COST_COLUMNS = (  # (header, results key, format, scale)
+    ("steps", "steps", ",.0f", 1), ("batch passes", "batch_passes", ",.0f", 1),
+    ("labeled batches", "labeled_batches", ",.0f", 1), ("unlabeled batches", "unlabeled_batches", ",.0f", 1),
+    ("train min", "train_seconds", ".1f", 1 / 60), ("audio h", "audio_hours", ".2f", 1),
+    ("labeled h", "labeled_hours", ".2f", 1), ("unlabeled h", "unlabeled_hours", ".2f", 1),
+    ("labeled passes", "labeled_passes", ".1f", 1), ("unlabeled passes", "unlabeled_passes", ".1f", 1))
+LABELS = {"supervised": "supervised", "ptft": "PT+FT", "just": "JUST", "pl": "PL", "bljust": "BL-JUST"}
+REFERENCES = ("ptft", "supervised")
+PLOTS = ("bars", "curves_f", "curves_g", "dev_cer", "bljust_gamma", "ssl_convergence", "groups")
+SMOOTH_ROWS = 5  # trailing window (logged rows) for the g thresholds: one step's loss is too noisy to compare
+DASH = "–"
+CSS = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em;color:#222}"
+       "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em}"
+       "th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}"
+       "img{max-width:100%}figcaption{color:#555;font-size:.9em}")
+
+
+class Bold(str):
+    """A table cell to emphasise (the best result)."""
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _value(run: dict, key: str) -> float | None:
+    """A run's number by summary key: ``test_cer`` is ``run["test"]["cer"]``, other keys are top-level."""
+    split, _, metric = key.partition("_")
+    v = run[split].get(metric) if split in ("dev", "test") and isinstance(run.get(split), dict) else run.get(key)
+    return float(v) if _finite(v) else None
+
+
+def _stats(values) -> dict:
+    vals = [v for v in values if v is not None]
+    return {"mean": statistics.fmean(vals) if vals else None,
+            "std": statistics.stdev(vals) if len(vals) >= 2 else None, "n": len(vals)}
+
+
+def _by_method(runs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for run in runs:
+        if run.get("method"):
+            out.setdefault(run["method"], []).append(run)
+    return out
+
+
+def summarize(runs: list[dict], keys: tuple[str, ...] = SUMMARY_KEYS) -> dict:
+    """Per method (in order of first appearance), ``{key: {"mean", "std", "n"}}`` over its runs.
+
+    ``std`` is the sample standard deviation (ddof=1), None with fewer than two values; missing
+    or non-finite values are left out of ``n``.
+    """
+    return {m: {k: _stats(_value(r, k) for r in rs) for k in keys} for m, rs in _by_method(runs).items()}
+
+
+def _relative(x: float | None, ref: float | None) -> float | None:
+    """(x - ref) / ref in %, negative is better; None when either is missing."""
+    return None if x is None or not ref else 100 * (x - ref) / ref
+
+
+def _methods(results: dict) -> list[str]:
+    """Methods with at least one run, in the order results.json lists them, then any unlisted ones."""
+    listed, present = results.get("methods") or [], list(_by_method(results.get("runs", [])))
+    return [m for m in listed if m in present] + [m for m in present if m not in listed]
+
+
+def _pct(s: dict) -> str:
+    if s["mean"] is None:
+        return DASH
+    return f"{100 * s['mean']:.1f} ±" + (f" {100 * s['std']:.1f}" if s["std"] is not None else DASH)
+
+
+def _num(v: float | None, fmt: str = ".1f", scale: float = 1.0) -> str:
+    return DASH if v is None else format(v * scale, fmt)
+
+
+def _label(method: str) -> str:
+    return LABELS.get(method, method)
+
+
+def _text(d: dict, key: str) -> str:
+    return DASH if d.get(key) in (None, "") else str(d[key])
+
+
+# ---------------------------------------------------------------- metrics.jsonl
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl``; malformed lines (a run killed mid-write) are skipped."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and _finite(row.get("step")) and _finite(row.get("time")) and "kind" in row:
+            rows.append(row)
+    return rows
+
+
+def _series(rows: list[dict], key: str, kind: str = "train") -> tuple[list, list, list]:
+    """(steps, minutes since the run's first row, values) of ``key`` over the rows of ``kind`` carrying it."""
+    if not rows:
+        return [], [], []
+    pts = [(r["step"], (r["time"] - rows[0]["time"]) / 60, r[key]) for r in rows
+           if r["kind"] == kind and _finite(r.get(key))]
+    return tuple(list(c) for c in zip(*pts)) if pts else ([], [], [])
+
+
+def _unlabeled_series(rows: list[dict]) -> tuple[list, list, list]:
+    """(unlabeled batches consumed, minutes, g) at every train row carrying g.
+
+    Every step of a phase that logs g (PT+FT pre-training, BL-JUST exploration and joint steps,
+    JUST) draws one unlabeled batch. Rows come every ``log_every`` steps, so the steps since the
+    previous train row are credited to the row closing the interval: exact when phases start on
+    a logging step, off by less than ``log_every`` per phase change otherwise.
+    """
+    consumed, prev, pts = 0, 0, []
+    for r in rows:
+        if r["kind"] != "train":
+            continue
+        gap, prev = r["step"] - prev, r["step"]
+        if _finite(r.get("g")):
+            # Rows written since the runs count their batches carry the exact number.
+            consumed = r["unlabeled_batches"] if isinstance(r.get("unlabeled_batches"), int) else consumed + gap
+            pts.append((consumed, (r["time"] - rows[0]["time"]) / 60, r["g"]))
+    return tuple(list(c) for c in zip(*pts)) if pts else ([], [], [])
+
+
+def _trailing_mean(values: list[float], window: int = SMOOTH_ROWS) -> list[float]:
+    return [statistics.fmean(values[max(0, i + 1 - window):i + 1]) for i in range(len(values))]
+
+
+# ---------------------------------------------------------------- rendering
+# A report is a list of blocks, rendered twice: ("h", level, text), ("p", text),
+# ("table", header, rows[, text_columns]) and ("figure", png path, caption).
+
+
+def _align(header: list[str], text_columns: int) -> list[bool]:
+    """Right-align (True) the number columns: all but the first and the last ``text_columns - 1``."""
+    return [0 < i < len(header) - (text_columns - 1) for i in range(len(header))]
+
+
+def _md_table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
+    def cells(row):
+        return "| " + " | ".join(f"**{c}**" if isinstance(c, Bold) else str(c).replace("|", "\\|") for c in row) + " |"
+    align = ["---:" if right else "---" for right in _align(header, text_columns)]
+    return "\n".join([cells(header), "|" + "|".join(align) + "|"] + [cells(r) for r in rows])
+
+
+def _html_table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
+    right = _align(header, text_columns)
+
+    def cell(c, i):
+        text = f"<strong>{html.escape(c)}</strong>" if isinstance(c, Bold) else html.escape(str(c))
+        return f'<td class="num">{text}</td>' if right[i] else f"<td>{text}</td>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(c, i) for i, c in enumerate(r)) + "</tr>\n" for r in rows)
+    return f"<table>\n<tr>{head}</tr>\n{body}</table>"
+
+
+def _markdown(blocks: list[tuple], out_dir: Path) -> str:
+    parts = []
+    for kind, *a in blocks:
+        if kind == "h":
+            parts.append("#" * a[0] + " " + a[1])
+        elif kind == "p":
+            parts.append(a[0])
+        elif kind == "table":
+            parts.append(_md_table(*a))
+        elif kind == "figure":
+            parts.append(f"![{a[1]}]({a[0].relative_to(out_dir).as_posix()})")
+    return "\n\n".join(parts) + "\n"
+
+
+def _html(blocks: list[tuple], title: str) -> str:
+    parts = []
+    for kind, *a in blocks:
+        if kind == "h":
+            parts.append(f"<h{a[0]}>{html.escape(a[1])}</h{a[0]}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(a[0])}</p>")
+        elif kind == "table":
+            parts.append(_html_table(*a))
+        elif kind == "figure":
+            data = base64.b64encode(a[0].read_bytes()).decode("ascii")
+            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(a[1])}">'
+                         f"<figcaption>{html.escape(a[1])}</figcaption></figure>")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- the report's sections
+
+
+@dataclass
+class Inputs:
+    results: dict
+    plots: Path
+    methods: list[str]  # with at least one run, in the order results.json lists them
+    runs: dict[str, list[dict]]  # by method
+    rows: dict[int, list[dict]]  # metrics rows by id() of the run dict
+    curve_runs: dict[str, dict]  # per method, the run whose curves are drawn (seed 0, else the first)
+    summary: dict
+
+    def curves(self, method: str) -> list[dict]:
+        return self.rows[id(self.curve_runs[method])]
+
+    def color(self, method: str) -> str:
+        return f"C{self.methods.index(method) % 10}"
+
+
+def _load(results: dict, out_dir: Path, plots: Path) -> Inputs:
+    runs = results.get("runs", [])
+    by_method = _by_method(runs)
+    rows = {id(r): read_metrics(out_dir / r["run_dir"] / "metrics.jsonl") if r.get("run_dir") else []
+            for rs in by_method.values() for r in rs}
+    curve_runs = {m: min(rs, key=lambda r: r.get("seed") != 0) for m, rs in by_method.items()}
+    return Inputs(results, plots, _methods(results), by_method, rows, curve_runs, summarize(runs))
+
+
+def _setup(inp: Inputs) -> list[tuple]:
+    r = inp.results
+    budget = r.get("budget") or {}
+    budget_text = f"{budget.get('value', DASH)} {budget.get('unit', '')}".replace("_", " ").strip()
+    if budget.get("max_duration"):
+        budget_text += f" (batches of at most {budget['max_duration']:g} s of audio)"
+    machine = "; ".join(f"{k}: {v}" for k, v in (r.get("machine") or {}).items()) or DASH
+    setup = [["date", _text(r, "created")], ["data", _text(r, "data")],
+             ["config", r.get("config_file") or "package defaults"],
+             ["overrides (all methods)", "; ".join(map(str, r.get("overrides") or [])) or "none"],
+             ["methods", ", ".join(r.get("methods") or inp.methods)],
+             ["seeds", ", ".join(str(s) for s in r.get("seeds", [])) or DASH], ["budget", budget_text],
+             ["equal-budget rule", _text(budget, "rule")], ["machine", machine],
+             ["decoding", _text(r, "decoding")], ["normalisation", _text(r, "normalization")],
+             ["checkpoint selection", _text(r, "selection")]]
+    corpus = [[split, _num(c.get("hours"), ".2f"), _text(c, "utterances"), _text(c, "speakers")]
+              for split, c in (r.get("corpus") or {}).items() if isinstance(c, dict)]
+    blocks = [("h", 1, "bljust compare: " + ", ".join(_label(m) for m in inp.methods)),
+              ("table", ["item", "value"], setup, 2)]
+    if missing := [m for m in r.get("methods") or [] if m not in inp.methods]:
+        blocks.append(("p", "Listed but without any run in results.json: " + ", ".join(missing) + "."))
+    if corpus:
+        blocks += [("h", 3, "Corpus"), ("table", ["split", "hours", "utterances", "speakers"], corpus)]
+    plans = [f"{_label(m)}: {row['text']}" for m in inp.methods for row in inp.curves(m)[:5]
+             if row["kind"] == "plan" and row.get("text")]
+    if plans:
+        blocks += [("h", 3, "Schedules (as logged by each method's first run)")] + [("p", p) for p in plans]
+    return blocks
+
+
+def _error_rows(methods: list[str], s: dict, with_relative: bool) -> tuple[list[str], list[list[str]]]:
+    """The WER/CER table: one row per method; optionally the relative changes against REFERENCES."""
+    header = ["method", "seeds", "dev WER %", "dev CER %", "test WER %", "test CER %"]
+    refs = REFERENCES if with_relative else ()
+    for ref in refs:
+        header += [f"test WER vs {_label(ref)}", f"test CER vs {_label(ref)}"]
+    cers = {m: s[m]["test_cer"]["mean"] for m in methods if s[m]["test_cer"]["mean"] is not None}
+    best = min(cers, key=cers.get) if cers else None
+    rows = []
+    for m in methods:
+        n = max(s[m][k]["n"] for k in ("dev_wer", "dev_cer", "test_wer", "test_cer"))
+        cer = _pct(s[m]["test_cer"])
+        row = [_label(m), str(n), _pct(s[m]["dev_wer"]), _pct(s[m]["dev_cer"]), _pct(s[m]["test_wer"]),
+               Bold(cer) if m == best else cer]
+        for ref in refs:
+            for key in ("test_wer", "test_cer"):
+                change = _relative(s[m][key]["mean"], s[ref][key]["mean"] if ref in s else None)
+                row.append(DASH if change is None else f"{change:+.1f} %")
+        rows.append(row)
+    return header, rows
+
+
+def _errors(inp: Inputs) -> list[tuple]:
+    blocks = [("h", 2, "Word and character error rates"),
+              ("p", ("Mean ± sample standard deviation over seeds, in %. Relative change = (x − ref) / ref "
+                     "of the means, in %; negative is better; – when the reference method did not run. "
+                     "Best test CER in bold.")),
+              ("table", *_error_rows(inp.methods, inp.summary, with_relative=True))]
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(inp.methods) + 2), 4))
+    x, w = range(len(inp.methods)), 0.38
+    for i, (key, name) in enumerate((("test_wer", "test WER"), ("test_cer", "test CER"))):
+        st = [inp.summary[m][key] for m in inp.methods]
+        bars = ax.bar([j + (i - 0.5) * w for j in x], [100 * (v["mean"] or 0) for v in st], w, label=name,
+                      yerr=[100 * (v["std"] or 0) for v in st], capsize=3, color=f"C{i}", alpha=.85)
+        ax.bar_label(bars, labels=[_num(v["mean"], ".1f", 100) for v in st], fontsize=8, padding=2)
+    ax.set_xticks(list(x), [_label(m) for m in inp.methods])
+    ax.set_ylabel("%")
+    ax.set_title("Test error rates (mean over seeds, bars = ± std)")
+    ax.set_ylim(top=1.2 * ax.get_ylim()[1])  # room for the legend above the value labels
+    ax.legend(ncol=2, loc="upper right")
+    return blocks + [("figure", _save(fig, inp.plots / "bars.png"), "Test WER and CER per method")]
+
+
+def _curves_figure(inp: Inputs, key: str, kind: str, ylabel: str, path: Path, scale: float = 1.0) -> Path | None:
+    """``key`` against steps (left) and wall-clock minutes (right), one line per method; None if no one logged it."""
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    drawn = False
+    for m in inp.methods:
+        steps, minutes, values = _series(inp.curves(m), key, kind)
+        if not values:
+            continue
+        style = {"color": inp.color(m), "label": _label(m), "lw": 1.2, "ms": 3, "marker": "o" if kind == "dev" else ""}
+        by_step.plot(steps, [scale * v for v in values], **style)
+        by_time.plot(minutes, [scale * v for v in values], **style)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    by_step.set(xlabel="step", ylabel=ylabel)
+    by_time.set(xlabel="wall-clock minutes since the run started")
+    by_step.legend()
+    for ax in (by_step, by_time):
+        ax.grid(alpha=.3)
+    return _save(fig, path)
+
+
+def _curves(inp: Inputs) -> list[tuple]:
+    seeds = ", ".join(f"{_label(m)} seed {inp.curve_runs[m].get('seed', '?')}" for m in inp.methods)
+    blocks = [("h", 2, "Learning curves"),
+              ("p", (f"One run per method ({seeds}). f: CTC loss per token on the labeled batch of the "
+                     "logged step; g: self-supervised loss on the unlabeled batch; wall-clock counts from "
+                     "the run's first logged row."))]
+    missing = [_label(m) for m in inp.methods if not inp.curves(m)]
+    if missing:
+        blocks.append(("p", "No readable metrics.jsonl for: " + ", ".join(missing) + "."))
+    for key, kind, ylabel, name, caption, scale in (
+            ("f", "train", "f (CTC loss per token)", "curves_f", "Supervised loss f", 1.0),
+            ("g", "train", "g (SSL loss)", "curves_g", "Self-supervised loss g", 1.0),
+            ("cer", "dev", "dev CER %", "dev_cer", "Dev CER at the validation points", 100.0)):
+        path = _curves_figure(inp, key, kind, ylabel, inp.plots / f"{name}.png", scale)
+        blocks.append(("figure", path, caption) if path else ("p", f"{caption}: no method logged it."))
+    return blocks
+
+
+def _gamma(inp: Inputs) -> list[tuple]:
+    blocks = [("h", 2, "BL-JUST: γ schedule and penalty gap")]
+    rows = inp.curves("bljust") if "bljust" in inp.curve_runs else []
+    gamma, gap = _series(rows, "gamma"), _series(rows, "penalty_gap")
+    if not gamma[0] and not gap[0]:
+        return blocks + [("p", "No BL-JUST run with logged γ or penalty gap in these results.")]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    top.plot(gamma[0], gamma[2], color=inp.color("bljust"), marker=".", lw=1)
+    top.set(ylabel="γ (weight of ∇g in joint steps)")
+    bottom.plot(gap[0], gap[2], color="C3", marker=".", lw=1)
+    bottom.set(xlabel="step", ylabel="penalty gap g − v*")
+    for ax in (top, bottom):
+        ax.grid(alpha=.3)
+    seed = inp.curve_runs["bljust"].get("seed", "?")
+    return blocks + [("figure", _save(fig, inp.plots / "bljust_gamma.png"), f"BL-JUST seed {seed}: γ and penalty gap")]
+
+
+def _ssl(inp: Inputs) -> list[tuple]:
+    blocks = [("h", 2, "Convergence of the unsupervised loss g"),
+              ("p", ("x = unlabeled batches consumed, counted as the steps of every phase that logs g (each "
+                     "draws one unlabeled batch; rows come every log interval, so phase boundaries are exact to "
+                     f"one interval). Lines: trailing mean over {SMOOTH_ROWS} logged rows; faint: logged values."))]
+    methods = [m for m in inp.methods if _unlabeled_series(inp.curves(m))[0]]
+    if not methods:
+        return blocks + [("p", "No method logged g.")]
+    fig, (by_batch, by_time) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for m in methods:
+        batches, minutes, g = _unlabeled_series(inp.curves(m))
+        for ax, x in ((by_batch, batches), (by_time, minutes)):
+            ax.plot(x, g, color=inp.color(m), lw=.6, alpha=.3)
+            ax.plot(x, _trailing_mean(g), color=inp.color(m), lw=1.5, label=_label(m))
+    threshold, source = _g_threshold(inp, methods)
+    for ax in (by_batch, by_time):
+        ax.axhline(threshold, color="k", ls=":", lw=1, label="threshold")
+        ax.grid(alpha=.3)
+    by_batch.set(xlabel="unlabeled batches consumed", ylabel="g (SSL loss)")
+    by_time.set(xlabel="wall-clock minutes since the run started")
+    by_batch.legend()
+    blocks.append(("figure", _save(fig, inp.plots / "ssl_convergence.png"), "g against unlabeled batches and time"))
+    rows = []
+    for m in methods:
+        for run in inp.runs[m]:  # every seed: one crossing point is too noisy to stand alone
+            batches, minutes, g = _unlabeled_series(inp.rows[id(run)])
+            hit = next((i for i, v in enumerate(_trailing_mean(g)) if v <= threshold), None)
+            reached = [str(batches[hit]), f"{minutes[hit]:.1f}"] if hit is not None else ["not reached"] * 2
+            rows.append([_label(m), _text(run, "seed"), *reached, str(batches[-1]) if batches else DASH])
+    blocks += [("p", f"First time the smoothed g reached {threshold:.3f} ({source}), as measured:"),
+               ("table", ["method", "seed", "unlabeled batches", "minutes", "unlabeled batches in total"], rows)]
+    return blocks
+
+
+def _g_threshold(inp: Inputs, with_g: list[str]) -> tuple[float, str]:
+    """The g every method is asked to reach: PT+FT's final smoothed pre-training g (mean over its
+    runs); without PT+FT, that of the first method that logged g."""
+    source = "ptft" if "ptft" in with_g else with_g[0]
+    finals = [_trailing_mean(g)[-1] for run in inp.runs[source] if (g := _unlabeled_series(inp.rows[id(run)])[2])]
+    return statistics.fmean(finals), f"the final smoothed g of {_label(source)}, mean over {len(finals)} run(s)"
+
+
+def _reach(inp: Inputs) -> list[tuple]:
+    """Training compute each run needed to first reach PT+FT's dev CER (the papers' "half the
+    compute" claim), read off the validation points."""
+    blocks = [("h", 2, "Compute to reach PT+FT's dev CER")]
+    if "ptft" not in inp.runs:
+        return blocks + [("p", "No PT+FT run in these results.")]
+    target = statistics.fmean(r["dev"]["cer"] for r in inp.runs["ptft"])
+    budget = statistics.fmean(r["batch_passes"] for r in inp.runs["ptft"])
+    rows = []
+    for m in inp.methods:
+        for run in inp.runs[m]:
+            dev = [r for r in inp.rows[id(run)] if r["kind"] == "dev" and _finite(r.get("cer"))
+                   and isinstance(r.get("labeled_batches"), int)]
+            hit = next((r for r in dev if r["cer"] <= target), None)
+            if not dev:
+                rows.append([_label(m), _text(run, "seed"), DASH, DASH, DASH, "not logged"])
+            elif hit is None:
+                rows.append([_label(m), _text(run, "seed"), "not reached", DASH, DASH, _text(run, "batch_passes")])
+            else:
+                passes = hit["labeled_batches"] + hit["unlabeled_batches"]
+                rows.append([_label(m), _text(run, "seed"), str(passes), f"{passes / budget:.2f}",
+                             _num(hit.get("train_seconds"), ".1f", 1 / 60), _text(run, "batch_passes")])
+    return blocks + [
+        ("p", (f"Target: PT+FT's selected dev CER, {100 * target:.1f} % (mean over its seeds). The first "
+               "validation point at or below it, in batch passes (labeled + unlabeled batches so far) and training "
+               f"minutes (validation excluded); the ratio is to PT+FT's whole budget of {budget:.0f} passes. "
+               "Validation points are train.valid_every steps apart, so these are upper bounds at that resolution.")),
+        ("table", ["method", "seed", "batch passes to reach", "÷ PT+FT budget", "train min to reach",
+                   "batch passes in all"], rows, 2)]
+
+
+def _test_groups(run: dict) -> dict:
+    groups = (run.get("test") or {}).get("groups")
+    return groups if isinstance(groups, dict) else {}
+
+
+def _groups(inp: Inputs) -> list[tuple]:
+    blocks = [("h", 2, "Test error rates per voice family")]
+    names = list(dict.fromkeys(g for m in inp.methods for r in inp.runs[m] for g in _test_groups(r)))
+    if not names:
+        return blocks + [("p", "The test set has no voice-family groups; nothing to break down.")]
+    stats = {m: {(g, k): _stats(_value({"test": _test_groups(r).get(g) or {}}, f"test_{k}") for r in inp.runs[m])
+                 for g in names for k in ("wer", "cer")} for m in inp.methods}
+    header = ["method"] + [f"{g} {k.upper()} %" for g in names for k in ("wer", "cer")]
+    rows = [[_label(m)] + [_pct(stats[m][(g, k)]) for g in names for k in ("wer", "cer")] for m in inp.methods]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    w = 0.8 / len(inp.methods)
+    for ax, k in zip(axes, ("wer", "cer")):
+        for i, m in enumerate(inp.methods):
+            st = [stats[m][(g, k)] for g in names]
+            ax.bar([j + (i - (len(inp.methods) - 1) / 2) * w for j in range(len(names))],
+                   [100 * (s["mean"] or 0) for s in st], w, yerr=[100 * (s["std"] or 0) for s in st],
+                   capsize=2, color=inp.color(m), label=_label(m))
+        ax.set_xticks(range(len(names)), names)
+        ax.set(title=f"test {k.upper()} per voice family", ylabel="%")
+        ax.grid(axis="y", alpha=.3)
+    axes[0].legend(fontsize=8)
+    return blocks + [("p", "Mean ± std over seeds, in %."), ("table", header, rows),
+                     ("figure", _save(fig, inp.plots / "groups.png"), "Test WER and CER per voice family")]
+
+
+def _costs(inp: Inputs) -> list[tuple]:
+    keys = tuple(c[1] for c in COST_COLUMNS) + ("parameters", "inference_parameters")
+    mean = {m: {k: v["mean"] for k, v in st.items()} for m, st in summarize(inp.results["runs"], keys).items()}
+    rows = [[_label(m)] + [_num(mean[m][key], fmt, scale) for _, key, fmt, scale in COST_COLUMNS]
+            + [f"{_num(mean[m]['parameters'], '.2f', 1e-6)} M / {_num(mean[m]['inference_parameters'], '.2f', 1e-6)} M"]
+            for m in inp.methods]
+    header = ["method"] + [c[0] for c in COST_COLUMNS] + ["parameters (train / inference)"]
+    note = "Means over seeds. A batch pass is one forward-backward pass over one batch; the budget counts these."
+    return [("h", 2, "Cost"), ("p", note), ("table", header, rows)]
+
+
+def _per_run(inp: Inputs) -> list[tuple]:
+    rows = [[_label(r["method"]), str(r.get("seed", DASH))]
+            + [_num(_value(r, k), ".1f", 100) for k in ("dev_wer", "dev_cer", "test_wer", "test_cer")]
+            + [_text(r, "best_step"), _text(r, "steps"), _num(_value(r, "train_seconds"), ".1f", 1 / 60),
+               _text(r, "run_dir"), "; ".join(map(str, r.get("settings") or [])) or DASH]
+            for m in inp.methods for r in inp.runs[m]]
+    header = ["method", "seed", "dev WER %", "dev CER %", "test WER %", "test CER %", "best step", "steps",
+              "train min", "run directory", "settings"]
+    blocks = [("h", 2, "Every run"), ("table", header, rows, 3)]
+    failed = [[_label(str(f.get("method"))), _text(f, "seed"), _text(f, "exit_code"), _text(f, "log")]
+              for f in inp.results.get("failed") or [] if isinstance(f, dict)]
+    if failed:
+        blocks += [("p", "Runs that failed, left out of every table above:"),
+                   ("table", ["method", "seed", "exit code", "log"], failed, 2)]
+    return blocks
+
+
+def write_report(out_dir: Path, results: dict | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``out_dir``.
+
+    ``results`` defaults to ``out_dir/results.json``; run directories in it are relative to
+    ``out_dir``. Returns ``{"markdown": path, "html": path, "plots": plots_dir}``.
+    """
+    out_dir = Path(out_dir)
+    if results is None:
+        results = json.loads((out_dir / "results.json").read_text())
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for name in PLOTS:  # a figure left from an earlier rendering would contradict this one's notes
+        (plots / f"{name}.png").unlink(missing_ok=True)
+    inp = _load(results, out_dir, plots)
+    blocks = []
+    for section in (_setup, _errors, _curves, _gamma, _ssl, _reach, _groups, _costs, _per_run):
+        blocks += section(inp)
+    markdown, page = out_dir / "report.md", out_dir / "report.html"
+    markdown.write_text(_markdown(blocks, out_dir))
+    page.write_text(_html(blocks, blocks[0][2]))
+    return {"markdown": markdown, "html": page, "plots": plots}
+
+
+def headline_table(results: dict) -> str:
+    """The Markdown table ``bljust demo`` prints: error rates (mean ± std, %), train minutes and audio hours."""
+    methods, summary = _methods(results), summarize(results.get("runs", []))
+    header, rows = _error_rows(methods, summary, with_relative=False)
+    for m, row in zip(methods, rows):
+        mean = {k: v["mean"] for k, v in summary[m].items()}
+        row += [_num(mean["train_seconds"], ".1f", 1 / 60), _num(mean["audio_hours"], ".2f")]
+    return _md_table(header + ["train min", "audio h"], rows)

@@ -1,0 +1,120 @@
+"""``bljust compare`` end to end on the tiny corpus: two methods × two seeds, the report, reuse and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bljust.compare import method_settings, validate_results
+from bljust.config import load_config
+from tests.conftest import REPO, TINY
+
+# tiny.yaml pins N1 = 1 and N2 = 2, so a budget of 8 passes is one BL-JUST epoch (5 passes) and N3 = 3.
+ARGS = ["--config", str(TINY), "--budget", "8", "--jobs", "2", "--no-progress"]
+
+
+def compare(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bljust", "compare", *args], capture_output=True, text=True, check=False,
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def report(tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,bljust", "--seeds", "2", *ARGS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+
+def test_results_json_validates_and_holds_every_run(report):
+    out, _ = report
+    results = json.loads((out / "results.json").read_text())
+    validate_results(results)
+    assert sorted((r["method"], r["seed"]) for r in results["runs"]) == [
+        ("bljust", 0), ("bljust", 1), ("supervised", 0), ("supervised", 1)]
+    assert results["failed"] == []
+    for run in results["runs"]:
+        assert run["batch_passes"] == run["budget"] == 8  # the declared budget, spent exactly
+        assert (out / run["run_dir"] / "best.pt").is_file()
+        assert set(run["test"]["groups"]) == {"espeak", "flite", "festival"}
+    bl = next(r for r in results["runs"] if r["method"] == "bljust")
+    assert bl["unlabeled_batches"] > 0 and "bljust.finetune_steps=3" in bl["settings"]
+    sup = next(r for r in results["runs"] if r["method"] == "supervised")
+    assert sup["unlabeled_batches"] == 0 and sup["unlabeled_passes"] == 0
+    # the two seeds are two different trainings
+    seeds = [r for r in results["runs"] if r["method"] == "supervised"]
+    w = [torch.load(out / r["run_dir"] / "best.pt", weights_only=False)["model"] for r in seeds]
+    assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0])
+
+
+def test_report_is_self_contained_and_has_the_table(report):
+    out, r = report
+    html = (out / "report.html").read_text()
+    assert (out / "report.md").is_file()
+    for ref in ("http://", "https://", "<script src", "<link"):
+        assert ref not in html
+    srcs = re.findall(r'<img[^>]*src="([^"]*)"', html)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<table" in html and "BL-JUST" in html and "supervised" in html
+    assert "test CER" in r.stdout and "report.html" in r.stdout  # the headline table is printed
+
+
+def test_rerun_reuses_finished_runs(report, tiny_corpus):
+    out, _ = report
+    records = sorted((out / "runs").glob("*/record.json"))
+    before = {p: p.stat().st_mtime_ns for p in records}
+    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,bljust", "--seeds", "2", *ARGS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("reused") == 4 and "started" not in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in records} == before
+
+
+def test_changed_settings_do_not_reuse_a_run(report, tiny_corpus):
+    out, _ = report
+    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised", "--seeds", "1",
+                *ARGS, "--set", "optim.lr=0.001")
+    assert r.returncode == 2 and "other settings" in r.stderr
+
+
+def test_a_killed_compare_resumes_and_matches(report, tiny_corpus, tmp_path):
+    """Every job dies after step 3 (checkpoint at step 2); the re-run resumes each and ends where an
+    uninterrupted run ends."""
+    out, _ = report
+    args = ["--data", str(tiny_corpus), "--out", str(tmp_path), "--methods", "supervised", "--seeds", "2", *ARGS]
+    r = compare(*args, env={"BLJUST_FAULT_AFTER_STEP": "3"})
+    assert r.returncode == 1 and "failed" in r.stderr
+    assert json.loads((tmp_path / "results.json").read_text())["runs"] == []
+    r = compare(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for seed in (0, 1):
+        resumed = torch.load(tmp_path / "runs" / f"supervised-seed{seed}" / "best.pt", weights_only=False)["model"]
+        clean = torch.load(out / "runs" / f"supervised-seed{seed}" / "best.pt", weights_only=False)["model"]
+        assert all(torch.equal(resumed[k], clean[k]) for k in clean)
+
+
+def test_budget_rule_gives_every_method_the_same_passes():
+    cfg = load_config(REPO / "recipes" / "demo.yaml")
+    for method in ("supervised", "ptft", "pl"):
+        assert method_settings(method, cfg, 1200, 40, 145) == (["train.max_steps=1200"], 1200)
+    assert method_settings("just", cfg, 1200, 40, 145) == (["train.max_steps=600"], 600)
+    settings, steps = method_settings("bljust", cfg, 1200, 40, 145)
+    plan = dict(s.split("=") for s in settings)
+    k, n1, n2, n3 = (int(plan[f"bljust.{x}"]) for x in ("outer_epochs", "explore_steps", "joint_steps",
+                                                           "finetune_steps"))
+    assert k * (n1 + 2 * n2) + n3 == 1200 and steps == k * (n1 + n2) + n3 and n3 >= 0
+    with pytest.raises(ValueError, match="exceed the budget"):
+        method_settings("bljust", cfg, 50, 40, 145)
+
+
+def test_validate_results_names_the_bad_key(report):
+    out, _ = report
+    results = json.loads((out / "results.json").read_text())
+    del results["runs"][1]["test"]["cer"]
+    with pytest.raises(ValueError, match=r"runs\[1\]\.test lacks 'cer'"):
+        validate_results(results)

@@ -1,0 +1,177 @@
+"""The comparison report, rendered from a small fabricated ``bljust compare`` output (no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from bljust.report import headline_table, read_metrics, summarize, write_report
+
+# (dev WER, dev CER, test WER, test CER) per method and seed
+RATES = {("ptft", 0): (0.62, 0.41, 0.50, 0.30), ("ptft", 1): (0.66, 0.43, 0.60, 0.34),
+         ("bljust", 0): (0.55, 0.36, 0.44, 0.25), ("bljust", 1): (0.57, 0.38, 0.50, 0.29)}
+GROUPS = {"espeak": 0.8, "flite": 1.2}  # a group's rates are the run's rates times this
+
+
+def _run(method: str, seed: int, groups: bool = True) -> dict:
+    dev_wer, dev_cer, test_wer, test_cer = RATES[(method, seed)]
+
+    def split(wer, cer):
+        g = {name: {"wer": wer * k, "cer": cer * k, "num_utterances": 4} for name, k in GROUPS.items()}
+        return {"wer": wer, "cer": cer, "num_utterances": 8, "num_words": 80, "groups": g if groups else {}}
+
+    return {"method": method, "seed": seed, "run_dir": f"runs/{method}-seed{seed}",
+            "settings": ["train.lr=<b>0.001</b>"] if method == "bljust" else [],
+            "steps": 100 if method == "ptft" else 60, "batch_passes": 100, "labeled_batches": 40,
+            "unlabeled_batches": 60, "train_seconds": 600.0 + 60 * seed, "audio_hours": 1.5, "labeled_hours": 0.6,
+            "unlabeled_hours": 0.9, "labeled_passes": 4.0, "unlabeled_passes": 1.5, "parameters": 2_000_000,
+            "inference_parameters": 1_900_000, "best_step": 50,
+            "dev": split(dev_wer, dev_cer), "test": split(test_wer, test_cer)}
+
+
+def _metrics(method: str, seed: int) -> list[str]:
+    """metrics.jsonl lines as the methods log them, with a few broken ones a killed run could leave."""
+    t0 = 1_700_000_000.0
+    rows = [{"step": 0, "kind": "plan", "time": t0, "text": f"{method} plan"}]
+    if method == "ptft":  # pre-training on g (6 rows), then fine-tuning on f
+        rows += [{"step": 10 * i, "kind": "train", "time": t0 + 6 * i, "g": 6 - 0.5 * i, "phase": "pretrain"}
+                 for i in range(1, 7)]
+        rows += [{"step": 10 * i, "kind": "train", "time": t0 + 6 * i, "f": 4 - 0.2 * i, "phase": "finetune"}
+                 for i in range(7, 11)]
+    else:  # exploration, joint, fine-tuning; seed 1's g stays high
+        g = [5.0, 4.6, 3.0, 2.0] if seed == 0 else [9.0] * 4
+        rows += [{"step": 10, "kind": "train", "time": t0 + 6, "g": g[0], "penalty_gap": 0.0, "phase": "explore"},
+                 {"step": 20, "kind": "train", "time": t0 + 12, "g": g[1], "penalty_gap": 0.1, "phase": "explore"},
+                 {"step": 30, "kind": "train", "time": t0 + 24, "f": 3.0, "g": g[2], "gamma": 0.0,
+                  "penalty_gap": 0.3, "phase": "joint"},
+                 {"step": 40, "kind": "train", "time": t0 + 36, "f": 2.8, "g": g[3], "gamma": 0.5,
+                  "penalty_gap": 0.2, "phase": "joint"},
+                 {"step": 50, "kind": "train", "time": t0 + 42, "f": 2.5, "phase": "finetune"},
+                 {"step": 60, "kind": "train", "time": t0 + 48, "f": 2.4, "phase": "finetune"}]
+    # BL-JUST's first validation point (50 passes) is already below PT+FT's selected dev CER (0.42)
+    first_cer = 0.4 if method == "bljust" else 0.6
+    rows += [{"step": 50, "kind": "dev", "time": t0 + 45, "loss": 2.0, "wer": 0.9, "cer": first_cer,
+              "labeled_batches": 20, "unlabeled_batches": 30, "train_seconds": 120.0},
+             {"step": 60, "kind": "dev", "time": t0 + 50, "loss": 1.9, "wer": 0.8, "cer": 0.5,
+              "labeled_batches": 30, "unlabeled_batches": 30, "train_seconds": 150.0}]
+    return [json.dumps(r) for r in rows] + ['{"step": 70, "kind": "tra', "not json", "[1, 2]", '{"kind": "train"}']
+
+
+def _out_dir(tmp_path: Path, methods=("ptft", "bljust"), groups: bool = True) -> Path:
+    runs = [_run(m, s, groups) for m in methods for s in (0, 1)]
+    for m in methods:
+        for s in (0, 1):
+            d = tmp_path / "runs" / f"{m}-seed{s}"
+            d.mkdir(parents=True)
+            (d / "metrics.jsonl").write_text("\n".join(_metrics(m, s)) + "\n")
+    results = {"schema": "bljust.compare/1", "created": "2026-11-25T21:00:00Z", "data": "/data/demo",
+               "corpus": {"labeled": {"hours": 0.5, "utterances": 342, "speakers": 4}},
+               "config_file": None, "budget": {"unit": "batch_passes", "value": 100, "rule": "equal batch passes"},
+               "methods": list(methods), "seeds": [0, 1], "machine": {"cpus": 2, "device": "cpu"},
+               "normalization": "upper case", "decoding": "greedy CTC", "selection": "best dev CER", "runs": runs,
+               "failed": [{"method": methods[0], "seed": 7, "exit_code": 3, "log": "runs/failed.log"}]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    return tmp_path
+
+
+def _pct(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, str, str]:
+    out = _out_dir(tmp_path_factory.mktemp("cmp"))
+    paths = write_report(out)
+    return out, paths["markdown"].read_text(), paths["html"].read_text()
+
+
+def test_files_and_self_contained_html(report):
+    out, _, page = report
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    for banned in ("http://", "https://", "<script src", "<link"):
+        assert banned not in page
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert len(sources) == len(pngs) == 7
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "train.lr=&lt;b&gt;0.001&lt;/b&gt;" in page  # text is escaped
+
+
+def test_failed_runs_are_listed(report):
+    _, markdown, _ = report
+    assert "| PT+FT | 7 | 3 | runs/failed.log |" in markdown
+
+
+def test_tables_carry_the_means(report):
+    _, markdown, page = report
+    bljust_cer = _pct([RATES[("bljust", s)][3] for s in (0, 1)])
+    ptft_wer = _pct([RATES[("ptft", s)][2] for s in (0, 1)])
+    assert f"<strong>{bljust_cer}</strong>" in page and f"**{bljust_cer}**" in markdown  # best test CER
+    assert ptft_wer in page and ptft_wer in markdown
+    # relative change of the means against PT+FT; supervised did not run
+    wer = (0.47 - 0.55) / 0.55 * 100
+    cer = (0.27 - 0.32) / 0.32 * 100
+    row = next(line for line in markdown.splitlines() if line.startswith("| BL-JUST | 2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[6:] == [f"{wer:+.1f} %", f"{cer:+.1f} %", "–", "–"]
+    # per voice family, mean over seeds
+    assert _pct([RATES[("bljust", s)][3] * GROUPS["flite"] for s in (0, 1)]) in markdown
+
+
+def test_unlabeled_batches_to_reach_ptft_final_g(report):
+    _, markdown, _ = report
+    # PT+FT's last five g values are 5.0 .. 3.0, so the threshold is their mean, 4.0. BL-JUST seed 0's
+    # trailing means are 5.0, 4.8, 4.2, 3.65: reached at the fourth g-bearing row, 40 steps in.
+    assert "reached 4.000" in markdown
+    assert re.search(r"\| BL-JUST \| 0 \| 40 \| 0\.6 \| 40 \|", markdown)
+    assert re.search(r"\| BL-JUST \| 1 \| not reached \| not reached \| 40 \|", markdown)
+
+
+def test_summarize_mean_and_sample_std():
+    runs = [_run(m, s) for m in ("ptft", "bljust") for s in (0, 1)]
+    s = summarize(runs)
+    assert list(s) == ["ptft", "bljust"]
+    cer = s["bljust"]["test_cer"]
+    assert cer["n"] == 2 and cer["mean"] == pytest.approx(0.27)
+    assert cer["std"] == pytest.approx(math.sqrt(2 * 0.02 ** 2 / 1))  # ddof=1
+    assert s["ptft"]["train_seconds"]["mean"] == pytest.approx(630.0)
+    one = summarize(runs[:1])["ptft"]["dev_wer"]
+    assert one == {"mean": pytest.approx(0.62), "std": None, "n": 1}
+
+
+def test_headline_table():
+    results = {"methods": ["ptft", "bljust"], "runs": [_run("ptft", 0), _run("bljust", 0), _run("bljust", 1)]}
+    table = headline_table(results).splitlines()
+    assert table[0].startswith("| method | seeds | dev WER % |") and table[0].endswith("| train min | audio h |")
+    assert table[2] == "| PT+FT | 1 | 62.0 ±– | 41.0 ±– | 50.0 ±– | 30.0 ±– | 10.0 | 1.50 |"
+    assert f"**{_pct([0.25, 0.29])}**" in table[3]
+
+
+def test_without_bljust_or_groups_notes_replace_plots(tmp_path):
+    out = _out_dir(tmp_path, methods=("ptft",), groups=False)
+    markdown = write_report(out)["markdown"].read_text()
+    assert "No BL-JUST run" in markdown and "no voice-family groups" in markdown
+    assert not (out / "plots" / "bljust_gamma.png").exists() and not (out / "plots" / "groups.png").exists()
+    assert (out / "plots" / "bars.png").exists()
+
+
+def test_malformed_metrics_lines_are_skipped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(_metrics("bljust", 0)) + "\n\n")
+    rows = read_metrics(path)
+    assert len(rows) == 9 and all(isinstance(r, dict) and "step" in r for r in rows)
+    assert read_metrics(tmp_path / "missing.jsonl") == []
+
+
+def test_compute_to_reach_ptft(tmp_path):
+    md = write_report(_out_dir(tmp_path))["markdown"].read_text()
+    section = md[md.index("## Compute to reach"):md.index("## Test error rates")]
+    assert "42.0 %" in section  # the target: PT+FT's mean selected dev CER
+    assert "| BL-JUST | 0 | 50 | 0.50 | 2.0 | 100 |" in section
+    assert "| PT+FT | 0 | not reached |" in section  # its validation points (0.6, 0.5) never got to 0.42
