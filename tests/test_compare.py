@@ -13,6 +13,7 @@ import torch
 
 from bljust.compare import method_settings, validate_results
 from bljust.config import load_config
+from bljust.methods.bljust import make_plan
 from tests.conftest import REPO, TINY
 
 # tiny.yaml pins N1 = 1 and N2 = 2, so a budget of 8 passes is one BL-JUST epoch (5 passes) and N3 = 3.
@@ -103,11 +104,14 @@ def test_budget_rule_gives_every_method_the_same_passes():
     for method in ("supervised", "ptft", "pl"):
         assert method_settings(method, cfg, 1200, 40, 145) == (["train.max_steps=1200"], 1200)
     assert method_settings("just", cfg, 1200, 40, 145) == (["train.max_steps=600"], 600)
-    settings, steps = method_settings("bljust", cfg, 1200, 40, 145)
-    plan = dict(s.split("=") for s in settings)
-    k, n1, n2, n3 = (int(plan[f"bljust.{x}"]) for x in ("outer_epochs", "explore_steps", "joint_steps",
-                                                           "finetune_steps"))
-    assert k * (n1 + 2 * n2) + n3 == 1200 and steps == k * (n1 + n2) + n3 and n3 >= 0
+    for first in (None, 200):
+        c = load_config(REPO / "recipes" / "demo.yaml", [f"bljust.first_explore_steps={first or 'null'}"])
+        settings, steps = method_settings("bljust", c, 1200, 40, 145)
+        run_cfg = load_config(REPO / "recipes" / "demo.yaml", settings)
+        plan = make_plan(run_cfg.bljust, run_cfg.train.max_steps, 40, 145)
+        passes = plan.explore_total + 2 * plan.outer_epochs * plan.joint + plan.finetune
+        assert passes == 1200 and steps == plan.total and plan.finetune >= 0
+        assert plan.explore_0 == (first if first is not None else plan.explore)
     with pytest.raises(ValueError, match="exceed the budget"):
         method_settings("bljust", cfg, 50, 40, 145)
 

@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                              required=True)
     s = corpus.add_parser("synth", help="generate the synthetic demo corpus")
     s.add_argument("out_dir")
-    s.add_argument("--labeled-minutes", type=float, default=30.0)
+    s.add_argument("--labeled-minutes", type=float, default=12.0)
     s.add_argument("--unlabeled-minutes", type=float, default=120.0)
     s.add_argument("--dev-minutes", type=float, default=8.0)
     s.add_argument("--test-minutes", type=float, default=8.0)

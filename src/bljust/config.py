@@ -201,6 +201,9 @@ class BLJustConfig:
     """N1, exploration steps on g per outer epoch; None: explore_fraction of an unlabeled pass."""
     explore_fraction: float = 0.25
     """N1 as a fraction of the unlabeled stream's batches per pass (when explore_steps is None)."""
+    first_explore_steps: int | None = None
+    """N1 of the first outer epoch only: a warm start of (θ, η) towards argmin g before the first joint step;
+    None: N1 like every other epoch."""
     joint_steps: int | None = None
     """N2, penalised joint steps per outer epoch; None: one pass over the labeled stream."""
     finetune_steps: int | None = None
@@ -225,9 +228,13 @@ class BLJustConfig:
     """Number of equal increments of the 'step' schedule."""
     pbgd_scaling: bool = False
     """Scale the penalised gradient of (θ, φ) by min(1, 1/γ) (PBGD's step rule; meant for SGD)."""
+    lr_schedule: Literal["phase", "global"] = "phase"
+    """Learning-rate schedule: 'phase' gives each phase its own warm-up and decay (exploration and joint
+    steps counted over all outer epochs, fine-tuning apart); 'global' has one warm-up (optim.warmup_steps)
+    and one decay over all steps of the run, each phase scaled by its own peak ρ, α or τ."""
 
     def __post_init__(self) -> None:
-        for name in ("outer_epochs", "explore_steps", "joint_steps", "finetune_steps"):
+        for name in ("outer_epochs", "explore_steps", "first_explore_steps", "joint_steps", "finetune_steps"):
             v = getattr(self, name)
             _check(v is None or v >= 0, f"bljust.{name} must be >= 0 (or null)")
         _check(self.outer_epochs is None or self.outer_epochs >= 1, "bljust.outer_epochs must be >= 1")

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from bljust.config import BLJustConfig, load_config
+from bljust.config import BLJustConfig, OptimConfig, load_config
 from bljust.methods import bljust
-from bljust.methods.bljust import Plan, gamma_at, make_plan
+from bljust.methods.bljust import Plan, gamma_at, learning_rate, make_plan
 from bljust.methods.common import ctc_objective, joint_gradients
 from bljust.models.asr import CTCModel
-from bljust.training import Dist
+from bljust.training import Dist, lr_factor
 from tests.conftest import TINY
 
 CPU = torch.device("cpu")
@@ -124,3 +124,40 @@ def test_phase_counts_in_the_metrics_log(tiny_corpus, tmp_path):
     for key in ("f", "g", "grad_f_norm", "weighted_grad_g_norm", "grad_cos", "penalty_gap"):
         assert all(key in r for r in joint), key
     assert summary["steps"] == 12 and summary["unlabeled_batches"] == 4 + 6
+
+
+def test_learning_rate_per_phase_and_global():
+    o = OptimConfig(warmup_steps=4, schedule="cosine", min_lr_ratio=0.0)
+    plan = Plan(outer_epochs=2, explore=2, joint=5, finetune=4)
+    phase = BLJustConfig(rho=3.0, alpha=2.0, tau=1.0)
+    lrs = [learning_rate(phase, o, plan, s) for s in range(plan.total)]
+    # 'phase': exploration and joint steps warm up over their own step counters across the outer epochs.
+    assert lrs[0] == pytest.approx(3.0 * 1 / 4) and lrs[7] == pytest.approx(3.0 * 3 / 4)
+    assert lrs[2] == pytest.approx(2.0 * 1 / 4) and lrs[5] == pytest.approx(2.0 * 1.0)
+    assert lrs[plan.total - 4] == pytest.approx(1.0)  # fine-tuning restarts (warm-up ≤ N3 // 10 = 0)
+    glob = BLJustConfig(rho=3.0, alpha=2.0, tau=1.0, lr_schedule="global")
+    lrs = [learning_rate(glob, o, plan, s) for s in range(plan.total)]
+    factors = [lr_factor(s, plan.total, 4, "cosine", 0.0) for s in range(plan.total)]
+    peaks = [{"explore": 3.0, "joint": 2.0, "finetune": 1.0}[plan.locate(s)[0]] for s in range(plan.total)]
+    assert lrs == pytest.approx([p * f for p, f in zip(peaks, factors)])
+    assert lrs[2] == pytest.approx(2.0 * 3 / 4)  # one warm-up for the run, whatever the phase
+    assert lrs[-1] < 0.1 and all(a >= b for a, b in zip(factors[4:], factors[5:]))
+
+
+
+def test_first_epoch_exploration_plan_and_lr_indexing():
+    p = Plan(outer_epochs=3, explore=1, joint=2, finetune=2, first_explore=4)
+    assert p.total == 4 + 2 + 2 * 3 + 2 and p.explore_total == 6
+    phases = [p.locate(s) for s in range(p.total)]
+    assert [x[0] for x in phases] == ["explore"] * 4 + ["joint"] * 2 + ["explore"] + ["joint"] * 2 + ["explore"] + \
+        ["joint"] * 2 + ["finetune"] * 2
+    assert phases[6] == ("explore", 1, 0) and phases[10] == ("joint", 2, 0) and phases[12] == ("finetune", 3, 0)
+    assert [p.explore_index(k, i) for ph, k, i in phases if ph == "explore"] == list(range(6))
+    # N1 = 0 after the first epoch; K resolved from the budget.
+    plan = make_plan(BLJustConfig(explore_steps=0, first_explore_steps=30, joint_steps=10, finetune_steps=5),
+                     max_steps=100, labeled_batches=8, unlabeled_batches=40)
+    assert (plan.outer_epochs, plan.explore_0, plan.total) == (6, 30, 95)
+    assert Plan(2, 2, 3, 2) == Plan(2, 2, 3, 2, None) and Plan(2, 2, 3, 2).total == 12  # old plans unchanged
+    o = OptimConfig(warmup_steps=0, schedule="cosine", min_lr_ratio=0.0)
+    lrs = [learning_rate(BLJustConfig(rho=1.0), o, p, s) for s in (0, 6, 10)]
+    assert lrs[0] == pytest.approx(1.0) and lrs[1] == pytest.approx(lr_factor(4, 6, 0, "cosine", 0.0))

@@ -536,7 +536,7 @@ def _run_tasks(tasks: list[Task], pool: ProcessPoolExecutor | None,
         on_done(fut.result())
 
 
-def synthesize_corpus(out_dir: str | Path, labeled_minutes: float = 30.0, unlabeled_minutes: float = 120.0,
+def synthesize_corpus(out_dir: str | Path, labeled_minutes: float = 12.0, unlabeled_minutes: float = 120.0,
                       dev_minutes: float = 8.0, test_minutes: float = 8.0, seed: int = 0, jobs: int = 2,
                       progress: bool = True, labeled_speakers: int = 4) -> dict[str, Any]:
     """Synthesise the demo corpus into ``out_dir``; return (and write as summary.json) its summary.
