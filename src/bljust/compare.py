@@ -111,25 +111,21 @@ def method_settings(method: str, cfg: Config, budget: int, labeled_batches: int,
         return [f"train.max_steps={budget // 2}"], budget // 2
     if method != "bljust":
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(ALL_METHODS)}")
+    from bljust.methods.bljust import make_plan
+
     # BL-JUST runs whole outer epochs of N1 + N2 steps (N1 + 2·N2 passes; the first epoch's N1 may
     # differ) and then N3 fine-tuning steps: K is the most epochs that leave room for the configured
     # N3, and the remainder goes to N3 so the total is the budget exactly.
-    b = cfg.bljust
-    n1 = b.explore_steps if b.explore_steps is not None else round(b.explore_fraction * unlabeled_batches)
-    n1_first = b.first_explore_steps if b.first_explore_steps is not None else n1
-    n2 = b.joint_steps if b.joint_steps is not None else labeled_batches
-    n3 = b.finetune_steps if b.finetune_steps is not None else round(b.finetune_fraction * budget)
-    per_epoch = n1 + 2 * n2
-    k = b.outer_epochs if b.outer_epochs is not None else max(1, (budget - n3 - n1_first + n1) // per_epoch)
-    loop = n1_first - n1 + k * per_epoch
-    n3 = budget - loop
+    p = make_plan(cfg.bljust, budget, labeled_batches, unlabeled_batches, joint_cost=2)
+    n3 = budget - p.explore_total - 2 * p.outer_epochs * p.joint
     if n3 < 0:
-        raise ValueError(f"bljust: {k} outer epochs of N1={n1} + 2·N2={2 * n2} batch passes (first N1={n1_first}) "
-                         f"exceed the budget of {budget}; raise --budget or lower bljust.outer_epochs / "
-                         f"joint_steps / explore_steps / first_explore_steps")
-    return ([f"bljust.outer_epochs={k}", f"bljust.explore_steps={n1}", f"bljust.first_explore_steps={n1_first}",
-             f"bljust.joint_steps={n2}", f"bljust.finetune_steps={n3}", f"train.max_steps={budget}"],
-            n1_first - n1 + k * (n1 + n2) + n3)
+        raise ValueError(f"bljust: {p.outer_epochs} outer epochs of N1={p.explore} + 2·N2={2 * p.joint} batch passes "
+                         f"(first N1={p.explore_0}) exceed the budget of {budget}; raise --budget or lower "
+                         f"bljust.outer_epochs / joint_steps / explore_steps / first_explore_steps")
+    return ([f"bljust.outer_epochs={p.outer_epochs}", f"bljust.explore_steps={p.explore}",
+             f"bljust.first_explore_steps={p.explore_0}", f"bljust.joint_steps={p.joint}",
+             f"bljust.finetune_steps={n3}", f"train.max_steps={budget}"],
+            p.explore_total + p.outer_epochs * p.joint + n3)
 
 
 def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: list[int], budget: int) -> list[Job]:

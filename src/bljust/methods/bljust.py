@@ -68,13 +68,19 @@ class Plan:
         return ("explore", k + 1, i) if i < self.explore else ("joint", k + 1, i - self.explore)
 
 
-def make_plan(b: BLJustConfig, max_steps: int, labeled_batches: int, unlabeled_batches: int) -> Plan:
-    """Resolve N1, N2, N3 and K from the config and the sizes of the two streams."""
+def make_plan(b: BLJustConfig, max_steps: int, labeled_batches: int, unlabeled_batches: int,
+              joint_cost: int = 1) -> Plan:
+    """Resolve N1, N2, N3 and K from the config and the sizes of the two streams.
+
+    ``max_steps`` is in units where a joint step costs ``joint_cost`` (1: steps; 2: batch passes,
+    compare's budget) and every other step costs 1.
+    """
     n1 = b.explore_steps if b.explore_steps is not None else round(b.explore_fraction * unlabeled_batches)
     n2 = b.joint_steps if b.joint_steps is not None else labeled_batches
     n3 = b.finetune_steps if b.finetune_steps is not None else round(b.finetune_fraction * max_steps)
     n1_first = b.first_explore_steps if b.first_explore_steps is not None else n1
-    k = b.outer_epochs if b.outer_epochs is not None else max(1, (max_steps - n3 - n1_first + n1) // (n1 + n2))
+    k = b.outer_epochs if b.outer_epochs is not None else max(
+        1, (max_steps - n3 - n1_first + n1) // (n1 + joint_cost * n2))
     return Plan(k, n1, n2, n3, b.first_explore_steps)
 
 
