@@ -126,6 +126,18 @@ def test_phase_counts_in_the_metrics_log(tiny_corpus, tmp_path):
     assert summary["steps"] == 12 and summary["unlabeled_batches"] == 4 + 6
 
 
+def test_warm_start_run_logs_its_phases_in_order(tiny_corpus, tmp_path):
+    """The demo's shape: a warm start on g, then joint steps only (N1 = 0), then fine-tuning."""
+    cfg = load_config(TINY, ["bljust.first_explore_steps=3", "bljust.explore_steps=0", "bljust.joint_steps=2",
+                             "bljust.finetune_steps=2", "bljust.outer_epochs=2", "train.valid_every=100"])
+    summary = bljust.train(cfg, tiny_corpus, tmp_path / "run")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["phase"] for r in train] == ["explore"] * 3 + ["joint"] * 4 + ["finetune"] * 2
+    assert [r["outer_epoch"] for r in train if r["phase"] != "finetune"] == [0] * 5 + [1] * 2
+    assert summary["steps"] == 9 and summary["unlabeled_batches"] == 3 + 4 and summary["labeled_batches"] == 4 + 2
+
+
 def test_learning_rate_per_phase_and_global():
     o = OptimConfig(warmup_steps=4, schedule="cosine", min_lr_ratio=0.0)
     plan = Plan(outer_epochs=2, explore=2, joint=5, finetune=4)
