@@ -111,12 +111,17 @@ def test_plan_resolves_defaults_and_locates_steps():
     assert Plan(1, 0, 3, 0).locate(2) == ("joint", 0, 2)  # ablation: no exploration
 
 
-def test_phase_counts_in_the_metrics_log(tiny_corpus, tmp_path):
-    cfg = load_config(TINY, ["train.max_steps=12", "bljust.explore_steps=2", "bljust.joint_steps=3",
-                             "bljust.finetune_steps=2", "bljust.outer_epochs=2", "train.valid_every=100"])
-    summary = bljust.train(cfg, tiny_corpus, tmp_path / "run")
+def train_rows(tiny_corpus, tmp_path, settings: list[str]) -> tuple[dict, list[dict]]:
+    """Train BL-JUST on the tiny corpus (no validation); its summary and the training rows of metrics.jsonl."""
+    summary = bljust.train(load_config(TINY, [*settings, "train.valid_every=100"]), tiny_corpus, tmp_path / "run")
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"]
+    return summary, [r for r in records if r["kind"] == "train"]
+
+
+def test_phase_counts_in_the_metrics_log(tiny_corpus, tmp_path):
+    summary, train = train_rows(tiny_corpus, tmp_path, ["train.max_steps=12", "bljust.explore_steps=2",
+                                                        "bljust.joint_steps=3", "bljust.finetune_steps=2",
+                                                        "bljust.outer_epochs=2"])
     phases = [r["phase"] for r in train]
     assert phases.count("explore") == 4 and phases.count("joint") == 6 and phases.count("finetune") == 2
     joint = [r for r in train if r["phase"] == "joint"]
@@ -128,11 +133,9 @@ def test_phase_counts_in_the_metrics_log(tiny_corpus, tmp_path):
 
 def test_warm_start_run_logs_its_phases_in_order(tiny_corpus, tmp_path):
     """The demo's shape: a warm start on g, then joint steps only (N1 = 0), then fine-tuning."""
-    cfg = load_config(TINY, ["bljust.first_explore_steps=3", "bljust.explore_steps=0", "bljust.joint_steps=2",
-                             "bljust.finetune_steps=2", "bljust.outer_epochs=2", "train.valid_every=100"])
-    summary = bljust.train(cfg, tiny_corpus, tmp_path / "run")
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"]
+    summary, train = train_rows(tiny_corpus, tmp_path, ["bljust.first_explore_steps=3", "bljust.explore_steps=0",
+                                                        "bljust.joint_steps=2", "bljust.finetune_steps=2",
+                                                        "bljust.outer_epochs=2"])
     assert [r["phase"] for r in train] == ["explore"] * 3 + ["joint"] * 4 + ["finetune"] * 2
     assert [r["outer_epoch"] for r in train if r["phase"] != "finetune"] == [0] * 5 + [1] * 2
     assert summary["steps"] == 9 and summary["unlabeled_batches"] == 3 + 4 and summary["labeled_batches"] == 4 + 2
