@@ -70,6 +70,23 @@ def test_train_evaluate_transcribe(tmp_path, tiny_corpus):
     assert [ln.split("\t")[0] for ln in lines] == wavs
     assert str(bad) in r.stderr
 
+    # word-level decoding with an LM estimated from the corpus's LM text
+    arpa = tmp_path / "lm.arpa"
+    r = run("lm", str(tiny_corpus / "lm_text.txt"), str(arpa), "--order", "2")
+    assert arpa.is_file() and "2-gram LM" in r.stdout
+    vocab = {ln.split("\t")[1] for ln in arpa.read_text().split("\\2-grams:")[0].splitlines() if "\t" in ln}
+    r = run("evaluate", str(out), "--data", str(tiny_corpus), "--split", "test", "--lm", str(arpa),
+            "--lm-weight", "2", "--word-score", "1")
+    result = json.loads((out / "eval" / "test.json").read_text())
+    assert "beam search" in result["decoding"] and 0 <= result["wer"] < 10
+    hyps = [ln.split("HYP: ", 1)[1] for ln in (out / "eval" / "test.hyp.txt").read_text().splitlines() if "HYP: " in ln]
+    assert all(w in vocab for h in hyps for w in h.split())
+    r = run("transcribe", str(out), *wavs, "--lm", str(arpa))
+    assert [ln.split("\t")[0] for ln in r.stdout.splitlines()] == wavs
+    assert all(w in vocab for ln in r.stdout.splitlines() for w in ln.split("\t")[1].split())
+    r = run("transcribe", str(out), *wavs, "--lm", str(tmp_path / "none.arpa"), check=False)
+    assert r.returncode == 2 and "none.arpa" in r.stderr
+
 
 def test_bad_config_is_a_clear_error(tmp_path, tiny_corpus):
     r = run("train", "--data", str(tiny_corpus), "--out", str(tmp_path / "r"), "--set", "model.d_modle=3",

@@ -76,6 +76,42 @@ def test_rerun_reuses_finished_runs(report, tiny_corpus):
     assert {p: p.stat().st_mtime_ns for p in records} == before
 
 
+def test_runs_are_also_decoded_with_the_corpus_lm_tuned_on_dev(report):
+    out, _ = report
+    results = json.loads((out / "results.json").read_text())
+    assert results["lm"] and results["lm"].endswith("2gram.arpa") and "2-gram LM" in results["decoding"]
+    for run in results["runs"]:
+        dev, test = run["dev"]["lm"], run["test"]["lm"]
+        grid = dev["grid"]
+        assert {(g["lm_weight"], g["word_score"]) for g in grid} == {(0.5, 0.0), (2.0, 0.0)}
+        best = min(grid, key=lambda g: (g["wer"], g["cer"]))
+        assert (dev["lm_weight"], dev["word_score"]) == (test["lm_weight"], test["word_score"]) == (
+            best["lm_weight"], best["word_score"])  # chosen on dev, applied to test
+        assert dev["wer"] == best["wer"] and set(test["groups"]) == {"espeak", "flite", "festival"}
+        assert (out / run["run_dir"] / "eval" / "test.lm.hyp.txt").is_file()
+    assert "test WER % (LM)" in (out / "report.md").read_text()
+
+
+def test_new_decoding_settings_rescore_without_retraining(report, tiny_corpus, tmp_path):
+    out, _ = report
+    before = json.loads((out / "results.json").read_text())
+    best = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/best.pt")}
+    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,bljust", "--seeds", "2",
+                *ARGS, "--set", "decode.lm_weights=[1.0]")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("re-evaluating") == 4
+    assert {p: p.stat().st_mtime_ns for p in best} == best  # nothing retrained
+    after = json.loads((out / "results.json").read_text())
+    for old, new in zip(before["runs"], after["runs"]):
+        assert new["train_seconds"] == old["train_seconds"] and new["test"]["cer"] == old["test"]["cer"]
+        assert [g["lm_weight"] for g in new["dev"]["lm"]["grid"]] == [1.0]
+    # and back: the original settings re-score again, to the same numbers as the first time
+    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,bljust", "--seeds", "2", *ARGS)
+    assert r.returncode == 0 and r.stderr.count("re-evaluating") == 4
+    again = json.loads((out / "results.json").read_text())
+    assert [x["test"]["lm"] for x in again["runs"]] == [x["test"]["lm"] for x in before["runs"]]
+
+
 def test_changed_settings_do_not_reuse_a_run(report, tiny_corpus):
     out, _ = report
     r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised", "--seeds", "1",

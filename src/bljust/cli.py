@@ -1,4 +1,4 @@
-"""The ``bljust`` command line: corpus, train, evaluate, transcribe, compare, demo, bench."""
+"""The ``bljust`` command line: corpus, train, evaluate, transcribe, lm, compare, demo, bench."""
 
 from __future__ import annotations
 
@@ -85,19 +85,43 @@ def cmd_train(args) -> int:
     return 0
 
 
-def evaluate_run(run: Path, data: Path, split: str, device: str = "cpu", max_duration: float = 120.0) -> dict:
+def _word_decoder(args, tokenizer):
+    if not args.lm:
+        return None
+    from bljust.lm import BeamOptions, WordDecoder
+
+    return WordDecoder(tokenizer, args.lm, BeamOptions(lm_weight=args.lm_weight, word_score=args.word_score,
+                                                       beam_size=args.beam_size))
+
+
+def evaluate_run(run: Path, data: Path, split: str, device: str = "cpu", max_duration: float = 120.0,
+                 args=None) -> dict:
     import torch
 
     from bljust.data.manifests import load_split
-    from bljust.evaluate import NORMALIZATION, decode_cuts, score, write_hypotheses
+    from bljust.evaluate import (
+        NORMALIZATION,
+        decode_cuts,
+        lm_decode,
+        score,
+        write_hypotheses,
+    )
     from bljust.inference import load_trained, model_path
 
     model, tokenizer, _ = load_trained(run, device)
+    decoder = _word_decoder(args, tokenizer) if args is not None else None
     cuts = load_split(data, split)
-    decoded = decode_cuts(model, tokenizer, cuts, torch.device(device), max_duration=max_duration)
+    decoded = decode_cuts(model, tokenizer, cuts, torch.device(device), max_duration=max_duration,
+                          keep_emissions=decoder is not None)
+    decoding = "greedy CTC"
+    if decoder is not None:
+        decoded = lm_decode(decoder, decoded, args.lm_weight, args.word_score)
+        del decoded["emissions"]
+        decoding = (f"lexicon beam search (beam {args.beam_size}) with the LM {args.lm}, LM weight "
+                    f"{args.lm_weight:g}, word score {args.word_score:g}")
     result = score(decoded)
     result.update({"split": split, "data": str(data), "model": str(model_path(run)),
-                   "normalization": NORMALIZATION, "decoding": "greedy CTC"})
+                   "normalization": NORMALIZATION, "decoding": decoding})
     out_dir = (run if run.is_dir() else run.parent) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{split}.json").write_text(json.dumps(result, indent=2))
@@ -106,7 +130,7 @@ def evaluate_run(run: Path, data: Path, split: str, device: str = "cpu", max_dur
 
 
 def cmd_evaluate(args) -> int:
-    result = evaluate_run(Path(args.run), Path(args.data), args.split, args.device)
+    result = evaluate_run(Path(args.run), Path(args.data), args.split, args.device, args=args)
     print(f"{args.split}: WER {100 * result['wer']:.2f}%  CER {100 * result['cer']:.2f}%  "
           f"({result['num_utterances']} utterances, {result['num_words']} words; {result['decoding']}; "
           f"normalisation: {result['normalization']})")
@@ -119,8 +143,10 @@ def cmd_transcribe(args) -> int:
     from bljust.inference import load_trained, transcribe_files
 
     model, tokenizer, _ = load_trained(args.run, args.device)
+    decoder = _word_decoder(args, tokenizer)
     failures = 0
-    for path, text, error in transcribe_files(model, tokenizer, args.files, torch.device(args.device)):
+    for path, text, error in transcribe_files(model, tokenizer, args.files, torch.device(args.device),
+                                              word_decoder=decoder):
         if error is not None:
             failures += 1
             print(f"bljust transcribe: {path}: {error}", file=sys.stderr)
@@ -167,8 +193,25 @@ def cmd_demo(args) -> int:
 
         print(f"generating the demo corpus in {data} ...", file=sys.stderr)
         print(format_summary(synthesize_corpus(data, seed=args.corpus_seed, jobs=args.synth_jobs)))
+    elif not (data / "lm_text.txt").is_file() and (data / "utterances.tsv").is_file():
+        from bljust.data.synth import write_lm_text
+
+        write_lm_text(data)  # a demo corpus made before corpora carried LM text
     results = compare(data, out, config=args.config or _recipe("demo.yaml"), **_compare_args(args))
     return _print_results(results, out)
+
+
+def cmd_lm(args) -> int:
+    import time
+
+    from bljust.lm import read_text, write_arpa
+
+    t0 = time.time()
+    sentences = read_text(args.text)
+    counts = write_arpa(sentences, args.out, args.order)
+    print(f"{args.out}: {args.order}-gram LM from {len(sentences)} sentences of {args.text} "
+          f"({', '.join(f'{n}-grams {c}' for n, c in counts.items())}) in {time.time() - t0:.1f} s")
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -238,6 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("files", nargs="+")
     tr.add_argument("--device", default="cpu")
     tr.set_defaults(func=cmd_transcribe)
+    for c in (e, tr):
+        c.add_argument("--lm", help="ARPA word LM (bljust lm): decode with a lexicon beam search instead of greedily")
+        c.add_argument("--lm-weight", type=float, default=1.0, help="with --lm: weight of the LM score (default 1)")
+        c.add_argument("--word-score", type=float, default=0.0, help="with --lm: score added per word (default 0)")
+        c.add_argument("--beam-size", type=int, default=50, help="with --lm: hypotheses kept per frame")
+
+    lm = sub.add_parser("lm", help="estimate a word n-gram LM (ARPA) from a text file, one sentence per line")
+    lm.add_argument("text")
+    lm.add_argument("out", help="ARPA file to write")
+    lm.add_argument("--order", type=int, default=3)
+    lm.set_defaults(func=cmd_lm)
 
     for name, help_ in (("compare", "train every method × seed under one budget; write results.json and a report"),
                         ("demo", "generate the demo corpus (if absent) and run compare on it")):

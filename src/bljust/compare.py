@@ -54,7 +54,9 @@ class Job:
     budget: int
     """Batch passes this job is allowed."""
     key: str = ""
-    """Hash of everything that determines the result; a finished run is reused only when it matches."""
+    """Hash of everything that determines the trained model; a finished run is reused only when it matches."""
+    decode_key: str = ""
+    """Hash of the LM and decoding settings; when only this changed, the run is re-evaluated, not retrained."""
     proc: subprocess.Popen | None = field(default=None, repr=False)
     threads: int = 1
     device: str = "cpu"
@@ -74,10 +76,12 @@ class Job:
     def finished(self) -> bool:
         if not self.record_path.is_file():
             return False
-        try:
-            return json.loads(self.record_path.read_text()).get("key") == self.key
-        except (OSError, json.JSONDecodeError):
-            return False
+        record = _read_json(self.record_path) or {}
+        return record.get("key") == self.key and record.get("decode_key", "") == self.decode_key
+
+    def trained(self) -> bool:
+        """Trained and evaluated under other decoding settings: only the evaluation is redone."""
+        return (_read_json(self.record_path) or {}).get("key") == self.key and (self.run_dir / "best.pt").is_file()
 
 
 # ------------------------------------------------------------------ the budget
@@ -128,16 +132,20 @@ def method_settings(method: str, cfg: Config, budget: int, labeled_batches: int,
             p.explore_total + p.outer_epochs * p.joint + n3)
 
 
-def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: list[int], budget: int) -> list[Job]:
+def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: list[int], budget: int,
+              decode_key: str = "") -> list[Job]:
     lab, unl = stream_batches(cfg, data)
-    base = json.dumps(to_dict(cfg), sort_keys=True)
+    settings_dict = to_dict(cfg)
+    settings_dict.pop("decode")  # evaluation only: a new LM re-scores runs, it does not retrain them
+    base = json.dumps(settings_dict, sort_keys=True)
     jobs = []
     for seed in seeds:  # seed-major: the first seed of every method finishes first
         for method in methods:
             settings, steps = method_settings(method, cfg, budget, lab, unl)
             settings = [f"train.seed={seed}", *settings]
             key = hashlib.sha256(json.dumps([base, str(data.resolve()), method, settings]).encode()).hexdigest()[:16]
-            jobs.append(Job(method, seed, out / "runs" / f"{method}-seed{seed}", settings, steps, budget, key))
+            jobs.append(Job(method, seed, out / "runs" / f"{method}-seed{seed}", settings, steps, budget, key,
+                            decode_key))
     return jobs
 
 
@@ -145,7 +153,11 @@ def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: lis
 
 
 def run_job(spec_path: Path) -> int:
-    """Train (or resume) one method × seed, evaluate best.pt on dev and test, write record.json."""
+    """Train (or resume) one method × seed, evaluate best.pt on dev and test, write record.json.
+
+    A run whose record.json has the same training key was trained already (only the decoding
+    settings changed): it is re-evaluated and keeps its training costs.
+    """
     import torch
 
     from bljust.methods import METHODS
@@ -155,20 +167,37 @@ def run_job(spec_path: Path) -> int:
     torch.set_num_threads(spec["threads"])
     cfg = load_config(spec["config"], [*spec["settings"], f"train.num_threads={spec['threads']}",
                                        f"train.device={spec['device']}"])
-    resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt"))
-    summary = METHODS[spec["method"]](cfg, data, run_dir, resume=resume)
+    old = _read_json(run_dir / "record.json")
+    if old is not None and old.get("key") == spec["key"] and (run_dir / "best.pt").is_file():
+        log.info("%s: trained earlier; re-evaluating it with the new decoding settings", run_dir)
+        costs = {k: old[k] for k in COST_KEYS}
+    else:
+        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt"))
+        summary = METHODS[spec["method"]](cfg, data, run_dir, resume=resume)
+        costs = {**run_costs(summary, spec["budget"]),
+                 "unlabeled_passes": summary["unlabeled_hours_processed"] * 3600 / unlabeled_seconds(data)}
     device = "cuda" if spec["device"].startswith("cuda") else "cpu"
     record = {
-        "method": spec["method"], "seed": spec["seed"], "key": spec["key"], "settings": spec["settings"],
-        **run_costs(summary, spec["budget"]),
-        "unlabeled_passes": summary["unlabeled_hours_processed"] * 3600 / unlabeled_seconds(data),
-        "dev": evaluate_groups(run_dir, data, "dev", device),
-        "test": evaluate_groups(run_dir, data, "test", device),
+        "method": spec["method"], "seed": spec["seed"], "key": spec["key"], "decode_key": spec.get("decode_key", ""),
+        "settings": spec["settings"], **costs,
+        **evaluate_run(run_dir, data, device, spec.get("lm"), cfg),
     }
     tmp = run_dir / "record.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(run_dir / "record.json")  # atomic: a killed job never leaves a half record
     return 0
+
+
+COST_KEYS = ("steps", "budget", "batch_passes", "labeled_batches", "unlabeled_batches", "train_seconds",
+             "audio_hours", "labeled_hours", "unlabeled_hours", "labeled_passes", "parameters",
+             "inference_parameters", "best_step", "unlabeled_passes")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def unlabeled_seconds(data: Path) -> float:
@@ -190,31 +219,84 @@ def run_costs(summary: dict, budget: int) -> dict:
     }
 
 
-def evaluate_groups(run_dir: Path, data: Path, split: str, device: str) -> dict:
-    """Corpus WER/CER of best.pt on ``split``, overall and per voice family when the corpus has them."""
-    import torch
+def scores_with_groups(decoded: dict, cuts) -> dict:
+    """Corpus WER/CER of decoded hypotheses, overall and per voice family when the corpus has them."""
+    from bljust.data.manifests import cut_group
+    from bljust.evaluate import error_rates
 
-    from bljust.data.manifests import cut_group, load_split
-    from bljust.evaluate import decode_cuts, error_rates, write_hypotheses
-    from bljust.inference import load_trained
-
-    model, tokenizer, _ = load_trained(run_dir, device)
-    cuts = load_split(data, split).to_eager()
-    decoded = decode_cuts(model, tokenizer, cuts, torch.device(device))
-    write_hypotheses(run_dir / "eval" / f"{split}.hyp.txt", decoded)
     ids = [i for i, r in decoded["refs"].items() if r]
     overall = error_rates([decoded["refs"][i] for i in ids], [decoded["hyps"][i] for i in ids])
     by_group: dict[str, list[str]] = {}
     for cut in cuts:
-        if (g := cut_group(cut)) is not None and cut.id in decoded["refs"] and decoded["refs"][cut.id]:
+        if (g := cut_group(cut)) is not None and decoded["refs"].get(cut.id):
             by_group.setdefault(g, []).append(cut.id)
     groups = {}
     for g, members in sorted(by_group.items()):
         r = error_rates([decoded["refs"][i] for i in members], [decoded["hyps"][i] for i in members])
         groups[g] = {"wer": r["wer"], "cer": r["cer"], "num_utterances": r["num_utterances"]}
     return {"wer": overall["wer"], "cer": overall["cer"], "num_utterances": overall["num_utterances"],
-            "num_words": overall["num_words"], "num_chars": overall["num_chars"], "loss": decoded["loss"],
-            "groups": groups}
+            "num_words": overall["num_words"], "num_chars": overall["num_chars"], "groups": groups}
+
+
+def evaluate_run(run_dir: Path, data: Path, device: str, lm: str | None, cfg: Config) -> dict:
+    """best.pt on dev and test: greedy scores, and with an LM also the beam search's, its weight and
+    word score chosen on dev (the grid is kept in the record) and then applied to test once."""
+    import torch
+
+    from bljust.data.manifests import load_split
+    from bljust.evaluate import decode_cuts, lm_decode, tune_lm, write_hypotheses
+    from bljust.inference import load_trained
+
+    model, tokenizer, _ = load_trained(run_dir, device)
+    out, decoded = {}, {}
+    for split in ("dev", "test"):
+        cuts = load_split(data, split).to_eager()
+        d = decode_cuts(model, tokenizer, cuts, torch.device(device), keep_emissions=lm is not None)
+        write_hypotheses(run_dir / "eval" / f"{split}.hyp.txt", d)
+        out[split] = {**scores_with_groups(d, cuts), "loss": d["loss"]}
+        decoded[split] = (d, cuts)
+    if lm:
+        from bljust.lm import BeamOptions, WordDecoder
+
+        decoder = WordDecoder(tokenizer, lm, BeamOptions(beam_size=cfg.decode.beam_size))
+        tuned = tune_lm(decoder, decoded["dev"][0], cfg.decode.lm_weights, cfg.decode.word_scores)
+        for split, (d, cuts) in decoded.items():
+            dl = lm_decode(decoder, d, tuned["lm_weight"], tuned["word_score"])
+            write_hypotheses(run_dir / "eval" / f"{split}.lm.hyp.txt", dl)
+            out[split]["lm"] = {**scores_with_groups(dl, cuts), "lm_weight": tuned["lm_weight"],
+                                "word_score": tuned["word_score"]}
+        out["dev"]["lm"]["grid"] = tuned["grid"]
+    return out
+
+
+def prepare_lm(cfg: Config, data: Path, out: Path) -> tuple[str | None, str]:
+    """The ARPA file runs are decoded with (None: greedy only) and the key of the decoding settings.
+
+    ``decode.lm`` names one; otherwise a data directory with ``lm_text.txt`` gets an n-gram LM
+    estimated into ``OUT/lm/``, re-estimated only when the text or the order changed.
+    """
+    from bljust.lm import read_text, write_arpa
+
+    if cfg.decode.lm:
+        arpa = Path(cfg.decode.lm).resolve()
+        if not arpa.is_file():
+            raise FileNotFoundError(f"decode.lm: {arpa} not found")
+    elif (data / "lm_text.txt").is_file():
+        text = data / "lm_text.txt"
+        arpa = (out / "lm" / f"{cfg.decode.lm_order}gram.arpa").resolve()
+        text_hash = hashlib.sha256(text.read_bytes()).hexdigest()[:16]
+        stamp = arpa.with_suffix(".json")
+        if not (arpa.is_file() and (_read_json(stamp) or {}).get("text_sha256") == text_hash):
+            t0 = time.time()
+            counts = write_arpa(read_text(text), arpa, cfg.decode.lm_order)
+            stamp.write_text(json.dumps({"text": str(text), "text_sha256": text_hash, "ngrams": counts}))
+            log.info("LM: %d-gram from %s (%s n-grams) in %.1f s", cfg.decode.lm_order, text,
+                     "/".join(str(c) for c in counts.values()), time.time() - t0)
+    else:
+        return None, ""
+    h = hashlib.sha256(arpa.read_bytes())
+    h.update(json.dumps([cfg.decode.beam_size, cfg.decode.lm_weights, cfg.decode.word_scores]).encode())
+    return str(arpa), h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------ scheduling
@@ -261,6 +343,8 @@ def run_jobs(jobs: list[Job], spec_common: dict, parallel: int, devices: list[st
         if j.finished():
             log.info("%s: finished earlier (%s), reused", j.name, j.record_path)
         else:
+            if j.trained():
+                log.info("%s: trained earlier; re-evaluating it (the decoding settings changed)", j.name)
             todo.append(j)
     total = sum(j.budget for j in jobs)
     done_passes = sum(j.budget for j in jobs if j not in todo)
@@ -378,9 +462,10 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
     seeds = list(seeds if seeds is not None else [0])
     cfg = load_config(config, overrides or [])
     budget = budget or cfg.train.max_steps
-    job_list = plan_jobs(cfg, data, out, methods, seeds, budget)
-    check_reusable(job_list)
     out.mkdir(parents=True, exist_ok=True)
+    lm, decode_key = prepare_lm(cfg, data, out)
+    job_list = plan_jobs(cfg, data, out, methods, seeds, budget, decode_key)
+    check_reusable(job_list)
     dump_config(cfg, out / "config.yaml")
 
     devices = _devices(device)
@@ -389,8 +474,8 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
     log.info("compare: %d job(s) (%s × seeds %s), budget %d batch passes each, %d at a time on %s",
              len(job_list), ",".join(methods), seeds, budget, parallel, ",".join(devices))
     started = time.time()
-    failed = run_jobs(job_list, {"config": str(out / "config.yaml"), "data": str(data)}, parallel, devices, cores,
-                      show_progress=progress)
+    failed = run_jobs(job_list, {"config": str(out / "config.yaml"), "data": str(data), "lm": lm,
+                                 "decode_key": decode_key}, parallel, devices, cores, show_progress=progress)
 
     runs = []
     for job in job_list:
@@ -405,7 +490,10 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
         "budget": {"unit": "batch_passes", "value": budget, "max_duration": cfg.data.max_duration,
                    "rule": RULE.format(max_duration=cfg.data.max_duration)},
         "methods": methods, "seeds": seeds, "machine": machine_info(parallel, devices, cores),
-        "normalization": NORMALIZATION, "decoding": "greedy CTC",
+        "normalization": NORMALIZATION, "decoding": "greedy CTC" + (
+            f"; and a lexicon beam search (beam {cfg.decode.beam_size}) with the word {lm_order_of(lm)}-gram LM "
+            f"{lm}, whose weight and word score are chosen per run on dev WER" if lm else ""),
+        "lm": lm,
         "selection": f"the checkpoint with the best dev {cfg.train.best_metric.upper()} (validated every "
                      f"{cfg.train.valid_every} steps and at the end); test evaluated once",
         "wall_seconds_this_invocation": time.time() - started,
@@ -422,6 +510,18 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
 
         write_report(out, results)
     return results
+
+
+def lm_order_of(arpa: str | None) -> int:
+    """The highest order an ARPA file's header declares."""
+    order = 0
+    with open(arpa, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("ngram "):
+                order = max(order, int(line.split()[1].split("=")[0]))
+            elif line.startswith("\\1-grams"):
+                break
+    return order
 
 
 RUN_KEYS = {"method": str, "seed": int, "run_dir": str, "settings": list, "steps": int, "budget": int,
@@ -461,6 +561,9 @@ def validate_results(results: dict) -> None:
                 if not 0 <= run[split][key] < 10:
                     raise ValueError(f"results.json: {where}.{split}.{key} = {run[split][key]} is not a rate")
             need(run[split], "groups", dict, f"{where}.{split}")
+            if "lm" in run[split]:
+                for key in ("wer", "cer", "lm_weight", "word_score"):
+                    need(run[split]["lm"], key, float, f"{where}.{split}.lm")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,9 +40,14 @@ class DataConfig:
     """DataLoader worker processes that read and decode audio (0: in the main process)."""
     buffer_size: int = 20000
     """Cuts the bucketing sampler holds at once to fill its buckets and shuffle."""
+    speed_perturb: list[float] = field(default_factory=list)
+    """Speed factors whose copies join the labeled split (icefall's 0.9/1.1 recipe; empty: none).
+    A speed change moves pitch and formants too, so it adds voices to a few-speaker labeled set."""
 
     def __post_init__(self) -> None:
         _check(self.max_duration > 0, "data.max_duration must be > 0")
+        _check(all(0.5 <= f <= 2.0 and f != 1.0 for f in self.speed_perturb),
+               "data.speed_perturb factors must be in [0.5, 2] and not 1 (the original is always kept)")
         _check(self.num_buckets >= 1, "data.num_buckets must be >= 1")
         _check(0 <= self.min_utterance_seconds < self.max_utterance_seconds,
                "data.min_utterance_seconds must be >= 0 and < data.max_utterance_seconds")
@@ -321,6 +326,33 @@ class TrainConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """Word-level decoding with an n-gram LM, beside the greedy decoding every run gets.
+
+    Evaluation only: changing it never retrains a ``compare`` run, only re-scores it.
+    """
+
+    lm: str = ""
+    """ARPA word n-gram LM for a lexicon beam search (its vocabulary is the lexicon). Empty:
+    ``compare`` estimates one from ``DATA/lm_text.txt`` when the data directory has that file
+    (the demo corpus does), else decodes greedily only."""
+    lm_order: int = 3
+    """Order of the n-gram LM that ``compare`` estimates from ``lm_text.txt``."""
+    beam_size: int = 50
+    """Hypotheses kept per frame by the beam search."""
+    lm_weights: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0])
+    """LM weights tried on dev; the pair (weight, word score) with the lowest dev WER is used on test."""
+    word_scores: list[float] = field(default_factory=lambda: [-1.0, 0.0, 1.0, 2.0])
+    """Per-word scores tried on dev together with ``lm_weights``."""
+
+    def __post_init__(self) -> None:
+        _check(self.lm_order >= 1, "decode.lm_order must be >= 1")
+        _check(self.beam_size >= 1, "decode.beam_size must be >= 1")
+        _check(bool(self.lm_weights) and bool(self.word_scores), "decode.lm_weights and decode.word_scores "
+               "need at least one value each")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     """Batching and utterance filtering."""
@@ -344,6 +376,8 @@ class Config:
     """Optimiser and learning-rate schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Budget, validation, checkpoints, device."""
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """LM decoding at evaluation."""
 
 
 # ---------------------------------------------------------------- loading and dumping
@@ -366,6 +400,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 return None
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _convert(args[0], value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(typing.get_args(tp)[0], v, where) for v in value]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

@@ -40,14 +40,16 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict:
 
 @torch.no_grad()
 def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: float = 120.0,
-                with_loss: bool = True, num_workers: int = 0) -> dict:
+                with_loss: bool = True, num_workers: int = 0, keep_emissions: bool = False) -> dict:
     """Greedy-decode ``cuts``: hypotheses, references, confidences (mean log-posterior of the
-    emitted units) and the mean CTC loss per token."""
+    emitted units) and the mean CTC loss per token; with ``keep_emissions`` also each
+    utterance's (T, V) log-posteriors on the CPU, for a later LM search."""
     was_training = model.training
     model.eval()
     hyps: dict[str, str] = {}
     refs: dict[str, str | None] = {}
     confidence: dict[str, float] = {}
+    emissions: dict[str, torch.Tensor] = {}
     loss_sum, loss_tokens = 0.0, 0
     for batch in eval_batches(cuts, max_duration, num_workers):
         if not batch["ids"]:
@@ -57,10 +59,12 @@ def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: floa
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             log_probs, lens = model(feats, feat_lens)
         seqs, conf = greedy_ctc(log_probs, lens)
-        for cid, seq, c, text in zip(batch["ids"], seqs, conf, batch["texts"]):
+        for b, (cid, seq, c, text) in enumerate(zip(batch["ids"], seqs, conf, batch["texts"])):
             hyps[cid] = tokenizer.decode(seq)
             refs[cid] = text
             confidence[cid] = c
+            if keep_emissions:
+                emissions[cid] = log_probs[b, :int(lens[b])].float().cpu()
         if with_loss and all(batch["texts"]):
             targets = [tokenizer.encode(t) for t in batch["texts"]]
             loss = ctc_loss_sum(log_probs, lens, targets)
@@ -68,7 +72,36 @@ def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: floa
                 loss_sum += float(loss)
                 loss_tokens += sum(len(t) for t in targets)
     model.train(was_training)
-    return {"hyps": hyps, "refs": refs, "confidence": confidence, "loss": loss_sum / max(loss_tokens, 1) if loss_tokens else float("nan")}
+    out = {"hyps": hyps, "refs": refs, "confidence": confidence,
+           "loss": loss_sum / max(loss_tokens, 1) if loss_tokens else float("nan")}
+    if keep_emissions:
+        out["emissions"] = emissions
+    return out
+
+
+def lm_decode(decoder, decoded: dict, lm_weight: float, word_score: float) -> dict:
+    """``decoded`` (from ``decode_cuts(..., keep_emissions=True)``) with its hypotheses replaced
+    by the LM beam search's."""
+    ids = list(decoded["emissions"])
+    hyps = decoder.decode([decoded["emissions"][i] for i in ids], lm_weight, word_score)
+    return {**decoded, "hyps": dict(zip(ids, hyps))}
+
+
+def tune_lm(decoder, decoded: dict, lm_weights: list[float], word_scores: list[float]) -> dict:
+    """Grid-search the LM weight and word score for the lowest WER (ties: lower CER) on
+    ``decoded``, which must be a dev split: test is never used for choosing."""
+    if not lm_weights or not word_scores:
+        raise ValueError("tune_lm needs at least one LM weight and one word score")
+    ids = [i for i, r in decoded["refs"].items() if r]
+    best, grid = None, []
+    for lw in lm_weights:
+        for ws in word_scores:
+            hyps = lm_decode(decoder, decoded, lw, ws)["hyps"]
+            r = error_rates([decoded["refs"][i] for i in ids], [hyps[i] for i in ids])
+            grid.append({"lm_weight": lw, "word_score": ws, "wer": r["wer"], "cer": r["cer"]})
+            if best is None or (r["wer"], r["cer"]) < (best["wer"], best["cer"]):
+                best = grid[-1]
+    return {"lm_weight": best["lm_weight"], "word_score": best["word_score"], "grid": grid}
 
 
 def score(decoded: dict) -> dict:

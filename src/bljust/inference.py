@@ -62,8 +62,10 @@ def read_audio(path: str | Path) -> np.ndarray:
 
 @torch.no_grad()
 def transcribe_files(model: CTCModel, tokenizer: Tokenizer, paths: list[str], device: torch.device,
-                     max_seconds_per_batch: float = 120.0):
-    """Yields (path, text, error) in input order; a file that cannot be read gets an error, not an exception."""
+                     max_seconds_per_batch: float = 120.0, word_decoder=None):
+    """Yields (path, text, error) in input order; a file that cannot be read gets an error, not an exception.
+
+    Greedy CTC decoding, or ``word_decoder`` (a :class:`bljust.lm.WordDecoder`) when given."""
     pending: list[tuple[str, np.ndarray]] = []
 
     def flush():
@@ -72,8 +74,11 @@ def transcribe_files(model: CTCModel, tokenizer: Tokenizer, paths: list[str], de
         wav = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
         feats, feat_lens = model.frontend(wav, lens.to(device))
         log_probs, out_lens = model(feats, feat_lens)
-        seqs, _ = greedy_ctc(log_probs, out_lens)
-        out = [(p, tokenizer.decode(s), None) for (p, _), s in zip(pending, seqs)]
+        if word_decoder is not None:
+            texts = word_decoder.decode([log_probs[b, :int(out_lens[b])] for b in range(len(pending))])
+        else:
+            texts = [tokenizer.decode(s) for s in greedy_ctc(log_probs, out_lens)[0]]
+        out = [(p, t, None) for (p, _), t in zip(pending, texts)]
         pending.clear()
         return out
 

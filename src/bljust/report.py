@@ -23,7 +23,8 @@ import matplotlib
 matplotlib.use("Agg")  # the report only writes files: no display needed, no window opened
 import matplotlib.pyplot as plt
 
-SUMMARY_KEYS = ("dev_wer", "dev_cer", "test_wer", "test_cer", "train_seconds", "audio_hours", "batch_passes")
+SUMMARY_KEYS = ("dev_wer", "dev_cer", "test_wer", "test_cer", "dev_lm_wer", "dev_lm_cer", "test_lm_wer", "test_lm_cer",
+                "train_seconds", "audio_hours", "batch_passes")
 COST_COLUMNS = (  # (header, results key, format, scale)
     ("steps", "steps", ",.0f", 1), ("batch passes", "batch_passes", ",.0f", 1),
     ("labeled batches", "labeled_batches", ",.0f", 1), ("unlabeled batches", "unlabeled_batches", ",.0f", 1),
@@ -32,6 +33,7 @@ COST_COLUMNS = (  # (header, results key, format, scale)
     ("labeled passes", "labeled_passes", ".1f", 1), ("unlabeled passes", "unlabeled_passes", ".1f", 1))
 LABELS = {"supervised": "supervised", "ptft": "PT+FT", "just": "JUST", "pl": "PL", "bljust": "BL-JUST"}
 REFERENCES = ("ptft", "supervised")
+KEY_NAMES = {"test_wer": "test WER", "test_cer": "test CER", "test_lm_wer": "test WER (LM)"}
 PLOTS = ("bars", "curves_f", "curves_g", "dev_cer", "bljust_gamma", "ssl_convergence", "groups")
 SMOOTH_ROWS = 5  # trailing window (logged rows) for the g thresholds: one step's loss is too noisy to compare
 DASH = "–"
@@ -53,10 +55,21 @@ def _finite(v) -> bool:
 
 
 def _value(run: dict, key: str) -> float | None:
-    """A run's number by summary key: ``test_cer`` is ``run["test"]["cer"]``, other keys are top-level."""
+    """A run's number by summary key: ``test_cer`` is ``run["test"]["cer"]``, ``test_lm_wer`` is
+    ``run["test"]["lm"]["wer"]`` (the LM beam search's), other keys are top-level."""
     split, _, metric = key.partition("_")
-    v = run[split].get(metric) if split in ("dev", "test") and isinstance(run.get(split), dict) else run.get(key)
+    if split in ("dev", "test"):
+        node = run.get(split)
+        if metric.startswith("lm_"):
+            node, metric = (node or {}).get("lm") if isinstance(node, dict) else None, metric[3:]
+        v = node.get(metric) if isinstance(node, dict) else None
+    else:
+        v = run.get(key)
     return float(v) if _finite(v) else None
+
+
+def _has_lm(s: dict, methods: list[str]) -> bool:
+    return any(s[m]["test_lm_wer"]["n"] for m in methods)
 
 
 def _stats(values) -> dict:
@@ -292,9 +305,13 @@ def _setup(inp: Inputs) -> list[tuple]:
 def _error_rows(methods: list[str], s: dict, with_relative: bool) -> tuple[list[str], list[list[str]]]:
     """The WER/CER table: one row per method; optionally the relative changes against REFERENCES."""
     header = ["method", "seeds", "dev WER %", "dev CER %", "test WER %", "test CER %"]
+    lm = _has_lm(s, methods)
+    if lm:
+        header += ["dev WER % (LM)", "test WER % (LM)", "test CER % (LM)"]
     refs = REFERENCES if with_relative else ()
+    compared = ("test_wer", "test_cer") + (("test_lm_wer",) if lm else ())
     for ref in refs:
-        header += [f"test WER vs {_label(ref)}", f"test CER vs {_label(ref)}"]
+        header += [f"{KEY_NAMES[key]} vs {_label(ref)}" for key in compared]
     cers = {m: s[m]["test_cer"]["mean"] for m in methods if s[m]["test_cer"]["mean"] is not None}
     best = min(cers, key=cers.get) if cers else None
     rows = []
@@ -303,8 +320,10 @@ def _error_rows(methods: list[str], s: dict, with_relative: bool) -> tuple[list[
         cer = _pct(s[m]["test_cer"])
         row = [_label(m), str(n), _pct(s[m]["dev_wer"]), _pct(s[m]["dev_cer"]), _pct(s[m]["test_wer"]),
                Bold(cer) if m == best else cer]
+        if lm:
+            row += [_pct(s[m]["dev_lm_wer"]), _pct(s[m]["test_lm_wer"]), _pct(s[m]["test_lm_cer"])]
         for ref in refs:
-            for key in ("test_wer", "test_cer"):
+            for key in compared:
                 change = _relative(s[m][key]["mean"], s[ref][key]["mean"] if ref in s else None)
                 row.append(DASH if change is None else f"{change:+.1f} %")
         rows.append(row)
@@ -315,7 +334,10 @@ def _errors(inp: Inputs) -> list[tuple]:
     blocks = [("h", 2, "Word and character error rates"),
               ("p", ("Mean ± sample standard deviation over seeds, in %. Relative change = (x − ref) / ref "
                      "of the means, in %; negative is better; – when the reference method did not run. "
-                     "Best test CER in bold.")),
+                     "Best test CER in bold."
+                     + (" Columns marked (LM): a lexicon beam search with the word n-gram LM, its weight and word "
+                        "score chosen per run on dev WER (each run's grid is in results.json); the others are "
+                        "greedy CTC decoding." if _has_lm(inp.summary, inp.methods) else ""))),
               ("table", *_error_rows(inp.methods, inp.summary, with_relative=True))]
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(inp.methods) + 2), 4))
     x, w = range(len(inp.methods)), 0.38
@@ -505,13 +527,16 @@ def _costs(inp: Inputs) -> list[tuple]:
 
 
 def _per_run(inp: Inputs) -> list[tuple]:
+    lm = _has_lm(inp.summary, inp.methods)
+    scores = ("dev_wer", "dev_cer", "test_wer", "test_cer") + (("dev_lm_wer", "test_lm_wer") if lm else ())
     rows = [[_label(r["method"]), str(r.get("seed", DASH))]
-            + [_num(_value(r, k), ".1f", 100) for k in ("dev_wer", "dev_cer", "test_wer", "test_cer")]
+            + [_num(_value(r, k), ".1f", 100) for k in scores]
             + [_text(r, "best_step"), _text(r, "steps"), _num(_value(r, "train_seconds"), ".1f", 1 / 60),
                _text(r, "run_dir"), "; ".join(map(str, r.get("settings") or [])) or DASH]
             for m in inp.methods for r in inp.runs[m]]
-    header = ["method", "seed", "dev WER %", "dev CER %", "test WER %", "test CER %", "best step", "steps",
-              "train min", "run directory", "settings"]
+    header = (["method", "seed", "dev WER %", "dev CER %", "test WER %", "test CER %"]
+              + (["dev WER % (LM)", "test WER % (LM)"] if lm else [])
+              + ["best step", "steps", "train min", "run directory", "settings"])
     blocks = [("h", 2, "Every run"), ("table", header, rows, 3)]
     failed = [[_label(str(f.get("method"))), _text(f, "seed"), _text(f, "exit_code"), _text(f, "log")]
               for f in inp.results.get("failed") or [] if isinstance(f, dict)]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -155,3 +157,32 @@ def test_unreadable_audio_mid_run_is_skipped_and_counted(tiny_corpus, tmp_path):
     summary = supervised.train(cfg, data, tmp_path / "run")
     assert summary["steps"] == 30 and summary["failed_audio"] >= 1
     assert "broken.flac" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_speed_perturbation_adds_resampled_copies_of_the_labeled_split(tiny_corpus, tmp_path, caplog):
+    from bljust.data.loader import speed_perturbed
+
+    labeled = load_split(tiny_corpus, "labeled").to_eager()
+    both = speed_perturbed(labeled, [0.9, 1.1])
+    assert len(both) == 3 * len(labeled)
+    cut = labeled[0]
+    slow, fast = both[cut.id + "_sp0.9"], both[cut.id + "_sp1.1"]
+    assert slow.duration == pytest.approx(cut.duration / 0.9, abs=0.01)
+    assert fast.duration == pytest.approx(cut.duration / 1.1, abs=0.01)
+    assert slow.supervisions[0].text == cut.supervisions[0].text
+    # the audio really is resampled, not just relabeled
+    n = cut.load_audio().shape[1]
+    assert abs(slow.load_audio().shape[1] - n / 0.9) <= 2 and abs(fast.load_audio().shape[1] - n / 1.1) <= 2
+    # and a run trains on the copies: 3x the labeled audio per epoch, none failing to load
+    epochs = {}
+    caplog.set_level(logging.INFO, logger="bljust")
+    for name, sp in (("plain", "[]"), ("perturbed", "[0.9, 1.1]")):
+        caplog.clear()
+        cfg = load_config(TINY, ["train.max_steps=2", f"data.speed_perturb={sp}"])
+        assert supervised.train(cfg, tiny_corpus, tmp_path / name)["failed_audio"] == 0
+        epochs[name] = int(re.search(r"labeled: [0-9.]+ h, one epoch = (\d+) batches", caplog.text).group(1))
+    assert 2.5 * epochs["plain"] <= epochs["perturbed"] <= 3.5 * epochs["plain"], epochs
+    from bljust.config import ConfigError
+
+    with pytest.raises(ConfigError, match="speed_perturb"):
+        load_config(TINY, ["data.speed_perturb=[1.0]"])

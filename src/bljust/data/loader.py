@@ -91,6 +91,15 @@ def filter_cuts(cuts: CutSet, split: str, *, min_seconds: float, max_seconds: fl
     return CutSet.from_cuts(kept), report
 
 
+def speed_perturbed(cuts: CutSet, factors: list[float]) -> CutSet:
+    """``cuts`` plus one speed-changed copy per factor (lhotse resamples on load; ids get ``_sp<f>``)."""
+    cuts = cuts.to_eager()
+    out = list(cuts)
+    for f in factors:
+        out += list(cuts.perturb_speed(f))
+    return CutSet.from_cuts(out)
+
+
 class AudioDataset(Dataset):
     """lhotse-style map dataset: a CutSet batch in, padded waveforms out.
 

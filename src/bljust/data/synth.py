@@ -11,7 +11,8 @@ speakers, text withheld), ``dev`` and ``test`` (held-out speakers reading held-o
 Output: 16 kHz mono FLAC under ``out_dir/audio/<split>/<speaker>/<utt_id>.flac``, lhotse
 manifests per split (:mod:`bljust.data.manifests`; supervision ``custom["group"]`` is the
 voice family), ``summary.json`` (hours per split and family, speed, speaker table) and
-``utterances.tsv`` (what was synthesised, including the unlabeled text the manifests withhold).
+``utterances.tsv`` (what was synthesised, including the unlabeled text the manifests withhold)
+and ``lm_text.txt`` (text for an n-gram LM, without the sentences of any split but the labeled one).
 
 Speed: ~185x real time with 2 processes for the default 166 minutes (about a minute), ~140x
 for a 5-minute corpus. Per-utterance work is one engine process and one sox process
@@ -618,7 +619,36 @@ def synthesize_corpus(out_dir: str | Path, labeled_minutes: float = 12.0, unlabe
     summary = _summarize(plan_order, done, speakers, skipped, budgets, seed, jobs,
                          wall=time.perf_counter() - t0, cpu=_cpu_seconds() - cpu0)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_lm_text(out_dir)
     return summary
+
+
+def write_lm_text(out_dir: str | Path) -> Path:
+    """Write ``lm_text.txt``: text for a word n-gram LM, one normalised sentence per line.
+
+    Every Austen sentence except those read in the unlabeled, dev and test splits: the labeled
+    transcripts plus the text no audio uses, like LibriSpeech's LM corpus beside its audio. The
+    dev and test sentences must stay out (they would leak the answers), and so does the
+    unlabeled split's text, which the manifests withhold. Needs the corpus's ``utterances.tsv``.
+    """
+    out_dir = Path(out_dir)
+    table = out_dir / "utterances.tsv"
+    if not table.is_file():
+        raise FileNotFoundError(f"{table} not found: lm_text.txt is derived from a synthesised corpus's utterance table")
+    held_out = set()
+    with open(table, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        split_col, text_col = header.index("split"), header.index("text")
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) > text_col and cols[split_col] != "labeled":
+                held_out.add(normalize_transcript(cols[text_col]))
+    lines = [t for t in (normalize_transcript(s) for s in austen_sentences(1, 10**6)) if t and t not in held_out]
+    path = out_dir / "lm_text.txt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def _cpu_seconds() -> float:

@@ -30,7 +30,7 @@ from lhotse import CutSet
 
 from bljust.checkpoint import CheckpointManager, atomic_save, rng_state, set_rng_state
 from bljust.config import Config, to_dict
-from bljust.data.loader import BatchStream, eval_batches, filter_cuts
+from bljust.data.loader import BatchStream, eval_batches, filter_cuts, speed_perturbed
 from bljust.data.manifests import cut_text, load_split
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state, train_tokenizer
 from bljust.evaluate import decode_cuts, score
@@ -165,6 +165,8 @@ class Run:
         else:
             self.tokenizer = train_tokenizer(cfg.tokenizer, [t for c in self.labeled if (t := cut_text(c))])
         self.model = CTCModel(cfg, self.tokenizer.vocab_size, ssl=ssl).to(self.device)
+        if cfg.data.speed_perturb:  # before filtering: a slowed copy can outgrow the duration limit
+            self.labeled = speed_perturbed(self.labeled, cfg.data.speed_perturb)
         self.labeled = self.filter(self.labeled, "labeled", labeled=True)
         self.dev = dev.filter(lambda c: bool(cut_text(c))).to_eager()
         if cfg.features.normalize == "global" and self.state is None:
