@@ -158,3 +158,13 @@ def test_validate_results_names_the_bad_key(report):
     del results["runs"][1]["test"]["cer"]
     with pytest.raises(ValueError, match=r"runs\[1\]\.test lacks 'cer'"):
         validate_results(results)
+
+
+def test_run_keys_hash_only_non_default_training_settings():
+    from bljust.compare import training_settings
+
+    assert training_settings(load_config(None, ["decode.lm_order=5", "decode.lm_weights=[9.0]"])) == {}
+    assert training_settings(load_config(None, ["optim.lr=0.5", "data.speed_perturb=[0.9]"])) == {
+        "optim": {"lr": 0.5}, "data": {"speed_perturb": [0.9]}}
+    # a value set explicitly to its default is the same run as one that leaves it out
+    assert training_settings(load_config(None, ["optim.lr=0.001"])) == {}

@@ -340,9 +340,9 @@ class DecodeConfig:
     """Order of the n-gram LM that ``compare`` estimates from ``lm_text.txt``."""
     beam_size: int = 50
     """Hypotheses kept per frame by the beam search."""
-    lm_weights: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0])
+    lm_weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0, 6.0])
     """LM weights tried on dev; the pair (weight, word score) with the lowest dev WER is used on test."""
-    word_scores: list[float] = field(default_factory=lambda: [-1.0, 0.0, 1.0, 2.0])
+    word_scores: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 5.0])
     """Per-word scores tried on dev together with ``lm_weights``."""
 
     def __post_init__(self) -> None:
