@@ -10,7 +10,7 @@ import torch
 
 from bljust.data.tokenizer import CharTokenizer
 from bljust.evaluate import lm_decode, tune_lm
-from bljust.lm import BeamOptions, WordDecoder, arpa_words, read_text, write_arpa
+from bljust.lm import WordDecoder, arpa_words, read_text, write_arpa
 
 TEXT = ["THE CAT SAT ON THE MAT", "THE DOG SAT ON THE LOG", "A CAT AND A DOG", "THE CAT ATE THE RAT",
         "ON THE MAT THE DOG SAT", "A RAT SAT ON A LOG"]
@@ -87,7 +87,7 @@ def test_lexicon_search_with_the_lm_repairs_misspelt_words(tmp_path):
     tok = CharTokenizer()
     arpa = tmp_path / "lm.arpa"
     write_arpa(TEXT, arpa, 3)
-    decoder = WordDecoder(tok, arpa, BeamOptions(beam_size=20))
+    decoder = WordDecoder(tok, arpa, beam_size=20)
     assert decoder.num_words == len({w for s in TEXT for w in s.split()})
     clean = emissions_for(tok, "THE CAT SAT ON THE MAT")
     # "THE CAT SAT ON THE MAT" read as "THE CAZ SAT ON THQ MAT": greedy keeps the errors, the search does not
@@ -104,7 +104,7 @@ def test_tune_lm_picks_the_lowest_dev_wer_and_lm_decode_applies_it(tmp_path):
     tok = CharTokenizer()
     arpa = tmp_path / "lm.arpa"
     write_arpa(TEXT, arpa, 2)
-    decoder = WordDecoder(tok, arpa, BeamOptions(beam_size=20))
+    decoder = WordDecoder(tok, arpa, beam_size=20)
     refs = {"a": "THE DOG SAT ON THE LOG", "b": "A CAT AND A DOG"}
     em = {"a": emissions_for(tok, refs["a"], noise={5: "X"}, seed=1), "b": emissions_for(tok, refs["b"], seed=2)}
     decoded = {"refs": refs, "hyps": {k: "" for k in refs}, "emissions": em}

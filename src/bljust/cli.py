@@ -88,10 +88,10 @@ def cmd_train(args) -> int:
 def _word_decoder(args, tokenizer):
     if not args.lm:
         return None
-    from bljust.lm import BeamOptions, WordDecoder
+    from bljust.lm import WordDecoder
 
-    return WordDecoder(tokenizer, args.lm, BeamOptions(lm_weight=args.lm_weight, word_score=args.word_score,
-                                                       beam_size=args.beam_size))
+    return WordDecoder(tokenizer, args.lm, beam_size=args.beam_size, lm_weight=args.lm_weight,
+                       word_score=args.word_score)
 
 
 def evaluate_run(run: Path, data: Path, split: str, device: str = "cpu", max_duration: float = 120.0,

@@ -272,9 +272,9 @@ def evaluate_run(run_dir: Path, data: Path, device: str, lm: str | None, cfg: Co
         out[split] = {**scores_with_groups(d, cuts), "loss": d["loss"]}
         decoded[split] = (d, cuts)
     if lm:
-        from bljust.lm import BeamOptions, WordDecoder
+        from bljust.lm import WordDecoder
 
-        decoder = WordDecoder(tokenizer, lm, BeamOptions(beam_size=cfg.decode.beam_size))
+        decoder = WordDecoder(tokenizer, lm, beam_size=cfg.decode.beam_size)
         tuned = tune_lm(decoder, decoded["dev"][0], cfg.decode.lm_weights, cfg.decode.word_scores)
         for split, (d, cuts) in decoded.items():
             dl = lm_decode(decoder, d, tuned["lm_weight"], tuned["word_score"])

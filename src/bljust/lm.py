@@ -17,7 +17,6 @@ import sys
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
@@ -147,20 +146,9 @@ def _quiet_stderr():
         os.close(saved)
 
 
-@dataclass
-class BeamOptions:
-    """Settings of the lexicon beam search."""
-
-    lm_weight: float = 1.0
-    """Weight of the LM score against the acoustic log-posteriors."""
-    word_score: float = 0.0
-    """Score added per emitted word (positive favours more, shorter words)."""
-    beam_size: int = 50
-    """Hypotheses kept per frame."""
-    beam_size_token: int = 30
-    """Units considered per frame."""
-    beam_threshold: float = 25.0
-    """Hypotheses this far below the best are pruned."""
+# Pruning of the beam search: units tried per frame, and how far below the best a hypothesis may fall.
+BEAM_SIZE_TOKEN = 30
+BEAM_THRESHOLD = 25.0
 
 
 def arpa_words(path: str | Path) -> list[str]:
@@ -187,11 +175,13 @@ class WordDecoder:
     """CTC lexicon beam search over a trained model's character or SentencePiece units.
 
     The lexicon is the LM's vocabulary (``words`` overrides it); words the tokenizer cannot
-    spell are left out, so the search only emits words the LM knows.
+    spell are left out, so the search only emits words the LM knows. ``lm_weight`` (the LM
+    score's weight against the acoustic log-posteriors) and ``word_score`` (added per word) are
+    the defaults of :meth:`decode`; ``beam_size`` hypotheses are kept per frame.
     """
 
-    def __init__(self, tokenizer, arpa: str | Path, options: BeamOptions | None = None,
-                 words: Iterable[str] | None = None):
+    def __init__(self, tokenizer, arpa: str | Path, beam_size: int = 50, lm_weight: float = 1.0,
+                 word_score: float = 0.0, words: Iterable[str] | None = None):
         if not Path(arpa).is_file():
             raise FileNotFoundError(f"{arpa}: LM file not found")
         words = arpa_words(arpa) if words is None else words
@@ -202,7 +192,7 @@ class WordDecoder:
         from bljust.data.tokenizer import CharTokenizer
 
         self.tokenizer = tokenizer
-        self.options = options or BeamOptions()
+        self.beam_size, self.lm_weight, self.word_score = beam_size, lm_weight, word_score
         self.blank = tokenizer.blank_id
         self.char = isinstance(tokenizer, CharTokenizer)
         if self.char:
@@ -243,7 +233,10 @@ class WordDecoder:
         self.trie.smear(SmearingMode.MAX)
         self.unk = self.word_dict.get_index(UNK)
         self.word_dict_words = frozenset(w for w in lexicon if w != UNK)
-        self.num_words = len(self.word_dict_words)
+
+    @property
+    def num_words(self) -> int:
+        return len(self.word_dict_words)
 
     def _decoder(self, lm_weight: float, word_score: float):
         from flashlight.lib.text.decoder import (
@@ -252,9 +245,8 @@ class WordDecoder:
             LexiconDecoderOptions,
         )
 
-        o = self.options
         opts = LexiconDecoderOptions(
-            beam_size=o.beam_size, beam_size_token=o.beam_size_token, beam_threshold=o.beam_threshold,
+            beam_size=self.beam_size, beam_size_token=BEAM_SIZE_TOKEN, beam_threshold=BEAM_THRESHOLD,
             lm_weight=lm_weight, word_score=word_score, unk_score=float("-inf"), sil_score=0.0,
             log_add=False, criterion_type=CriterionType.CTC)
         return LexiconDecoder(opts, self.trie, self.lm, self.sil, self.blank, self.unk, [], False)
@@ -262,8 +254,8 @@ class WordDecoder:
     def decode(self, emissions: Sequence[Tensor], lm_weight: float | None = None,
                word_score: float | None = None) -> list[str]:
         """Best word sequence for each utterance's (T, V) CTC log-posteriors."""
-        dec = self._decoder(self.options.lm_weight if lm_weight is None else lm_weight,
-                            self.options.word_score if word_score is None else word_score)
+        dec = self._decoder(self.lm_weight if lm_weight is None else lm_weight,
+                            self.word_score if word_score is None else word_score)
         out = []
         for em in emissions:
             e = em.detach().float().cpu().contiguous()
