@@ -168,3 +168,21 @@ def test_run_keys_hash_only_non_default_training_settings():
         "optim": {"lr": 0.5}, "data": {"speed_perturb": [0.9]}}
     # a value set explicitly to its default is the same run as one that leaves it out
     assert training_settings(load_config(None, ["optim.lr=0.001"])) == {}
+    # a method's key ignores the other methods' sections
+    cfg = load_config(None, ["bljust.gamma_max=0.9", "ssl.loss=cpc", "optim.lr=0.5"])
+    assert training_settings(cfg, "supervised") == training_settings(cfg, "pl") == {"optim": {"lr": 0.5}}
+    assert training_settings(cfg, "just") == {"optim": {"lr": 0.5}, "ssl": {"loss": "cpc"}}
+    assert training_settings(cfg, "bljust")["bljust"] == {"gamma_max": 0.9}
+
+
+def test_retuning_one_method_keeps_the_other_methods_runs(tiny_corpus, tmp_path):
+    from bljust.compare import plan_jobs
+
+    def keys(*overrides):
+        cfg = load_config(TINY, list(overrides))
+        return {j.method: j.key for j in plan_jobs(cfg, tiny_corpus, tmp_path, ["supervised", "ptft", "bljust"], [0], 8)}
+
+    base, tuned = keys(), keys("bljust.gamma_max=0.9")
+    assert tuned["supervised"] == base["supervised"] and tuned["ptft"] == base["ptft"]
+    assert tuned["bljust"] != base["bljust"]
+    assert keys("ssl.mask_span=5")["supervised"] == base["supervised"] != keys("optim.lr=0.5")["supervised"]

@@ -34,7 +34,11 @@ log = logging.getLogger("bljust.compare")
 
 ALL_METHODS = ("supervised", "ptft", "just", "pl", "bljust")
 SCHEMA = "bljust.compare/1"
-KEY_VERSION = 2  # bump when a config default or the training code changes what a run produces
+KEY_VERSION = 3  # bump when a config default or the training code changes what a run produces
+# The config sections that belong to one method: a run's key ignores the other methods' sections,
+# so re-tuning BL-JUST does not retrain supervised. Every method reads the remaining sections.
+METHOD_SECTIONS = {"supervised": (), "ptft": ("ssl", "ptft"), "just": ("ssl", "just"), "pl": ("pl",),
+                   "bljust": ("ssl", "bljust")}
 RULE = ("equal batch passes: every method makes the same number of forward/backward passes over batches of at "
         "most {max_duration:g} s of audio; a supervised, SSL, exploration or fine-tuning step is one pass, a joint "
         "step (JUST, BL-JUST) is two (one labeled + one unlabeled batch). Inference (validation, PL's "
@@ -133,11 +137,12 @@ def method_settings(method: str, cfg: Config, budget: int, labeled_batches: int,
             p.explore_total + p.outer_epochs * p.joint + n3)
 
 
-def training_settings(cfg: Config) -> dict:
+def training_settings(cfg: Config, method: str | None = None) -> dict:
     """The config values that differ from the package defaults, minus the evaluation-only
-    ``decode`` section: what a run's key hashes. Only non-defaults, so a config field added in a
-    later version (at a default that keeps the old behaviour) does not orphan finished runs. A
-    change of a default's value must bump KEY_VERSION instead."""
+    ``decode`` section and (given ``method``) the other methods' sections: what a run's key
+    hashes. Only non-defaults, so a config field added in a later version (at a default that
+    keeps the old behaviour) does not orphan finished runs. A change of a default's value must
+    bump KEY_VERSION instead."""
     def diff(value, default):
         if isinstance(value, dict) and isinstance(default, dict):
             out = {k: d for k, v in value.items() if (d := diff(v, default.get(k))) is not None}
@@ -146,18 +151,21 @@ def training_settings(cfg: Config) -> dict:
 
     current, defaults = to_dict(cfg), to_dict(Config())
     current.pop("decode")
+    if method is not None:
+        for section in {s for sections in METHOD_SECTIONS.values() for s in sections} - set(METHOD_SECTIONS[method]):
+            current.pop(section, None)
     return diff(current, defaults) or {}
 
 
 def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: list[int], budget: int,
               decode_key: str = "") -> list[Job]:
     lab, unl = stream_batches(cfg, data)
-    base = json.dumps(training_settings(cfg), sort_keys=True)
     jobs = []
     for seed in seeds:  # seed-major: the first seed of every method finishes first
         for method in methods:
             settings, steps = method_settings(method, cfg, budget, lab, unl)
             settings = [f"train.seed={seed}", *settings]
+            base = json.dumps(training_settings(cfg, method), sort_keys=True)
             key = hashlib.sha256(json.dumps([KEY_VERSION, base, str(data.resolve()), method, settings]).encode()
                                  ).hexdigest()[:16]
             jobs.append(Job(method, seed, out / "runs" / f"{method}-seed{seed}", settings, steps, budget, key,
