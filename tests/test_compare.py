@@ -186,3 +186,15 @@ def test_retuning_one_method_keeps_the_other_methods_runs(tiny_corpus, tmp_path)
     assert tuned["supervised"] == base["supervised"] and tuned["ptft"] == base["ptft"]
     assert tuned["bljust"] != base["bljust"]
     assert keys("ssl.mask_span=5")["supervised"] == base["supervised"] != keys("optim.lr=0.5")["supervised"]
+
+
+def test_the_last_job_waits_for_the_cores_of_jobs_about_to_end():
+    from bljust.compare import cpu_threads, wait_for_cores
+
+    assert cpu_threads(2, 2, 5) == 1 and cpu_threads(2, 2, 1) == 2
+    assert wait_for_cores([0.9], waiting=1, parallel=2, cores=2)  # last job: 2 threads a moment later
+    assert not wait_for_cores([0.5], waiting=1, parallel=2, cores=2)  # too long to wait
+    assert not wait_for_cores([0.9], waiting=2, parallel=2, cores=2)  # two jobs left: one thread each anyway
+    assert not wait_for_cores([], waiting=1, parallel=2, cores=2)
+    assert wait_for_cores([0.8, 0.7, 0.99], waiting=1, parallel=4, cores=4)
+    assert not wait_for_cores([0.8, 0.1, 0.99], waiting=1, parallel=4, cores=4)
