@@ -193,8 +193,8 @@ def test_the_last_job_waits_for_the_cores_of_jobs_about_to_end():
 
     assert cpu_threads(2, 2, 5) == 1 and cpu_threads(2, 2, 1) == 2
     assert wait_for_cores([0.9], waiting=1, parallel=2, cores=2)  # last job: 2 threads a moment later
-    assert not wait_for_cores([0.5], waiting=1, parallel=2, cores=2)  # too long to wait
+    assert not wait_for_cores([0.7], waiting=1, parallel=2, cores=2)  # too long to wait
     assert not wait_for_cores([0.9], waiting=2, parallel=2, cores=2)  # two jobs left: one thread each anyway
     assert not wait_for_cores([], waiting=1, parallel=2, cores=2)
-    assert wait_for_cores([0.8, 0.7, 0.99], waiting=1, parallel=4, cores=4)
+    assert wait_for_cores([0.8, 0.85, 0.99], waiting=1, parallel=4, cores=4)
     assert not wait_for_cores([0.8, 0.1, 0.99], waiting=1, parallel=4, cores=4)

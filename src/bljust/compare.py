@@ -367,13 +367,14 @@ def wait_for_cores(running_fractions: list[float], waiting: int, parallel: int, 
 
     A job keeps its thread count for its whole run (a change would alter its arithmetic). Started
     next to a job about to end, the last job of a comparison would run on one core while the
-    other idles. A 2-thread job runs ~1.8× as fast as a 1-thread one here, so waiting pays when
-    every running job is at least two thirds done.
+    other idles. In the demo a 2-thread job ran 1.27× as fast as a 1-thread one (its data-loader
+    worker takes part of the second core), so a wait pays if it is under a fifth of a run: when
+    every running job is at least 80 % done.
     """
     if not running_fractions or waiting == 0:
         return False
     now = cpu_threads(cores, parallel, len(running_fractions) + waiting)
-    return cpu_threads(cores, parallel, waiting) > now and min(running_fractions) >= 2 / 3
+    return cpu_threads(cores, parallel, waiting) > now and min(running_fractions) >= 0.8
 
 
 def _fraction(job: Job) -> float:
