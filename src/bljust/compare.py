@@ -39,6 +39,7 @@ KEY_VERSION = 3  # bump when a config default or the training code changes what 
 # so re-tuning BL-JUST does not retrain supervised. Every method reads the remaining sections.
 METHOD_SECTIONS = {"supervised": (), "ptft": ("ssl", "ptft"), "just": ("ssl", "just"), "pl": ("pl",),
                    "bljust": ("ssl", "bljust")}
+_METHOD_ONLY = {section for sections in METHOD_SECTIONS.values() for section in sections}
 RULE = ("equal batch passes: every method makes the same number of forward/backward passes over batches of at "
         "most {max_duration:g} s of audio; a supervised, SSL, exploration or fine-tuning step is one pass, a joint "
         "step (JUST, BL-JUST) is two (one labeled + one unlabeled batch). Inference (validation, PL's "
@@ -65,6 +66,8 @@ class Job:
     proc: subprocess.Popen | None = field(default=None, repr=False)
     threads: int = 1
     device: str = "cpu"
+    done_fraction: float = 0.0
+    """Share of its steps a running job has made, as last read for the progress display."""
 
     @property
     def name(self) -> str:
@@ -152,7 +155,7 @@ def training_settings(cfg: Config, method: str | None = None) -> dict:
     current, defaults = to_dict(cfg), to_dict(Config())
     current.pop("decode")
     if method is not None:
-        for section in {s for sections in METHOD_SECTIONS.values() for s in sections} - set(METHOD_SECTIONS[method]):
+        for section in _METHOD_ONLY - set(METHOD_SECTIONS[method]):
             current.pop(section, None)
     return diff(current, defaults) or {}
 
@@ -377,10 +380,6 @@ def wait_for_cores(running_fractions: list[float], waiting: int, parallel: int, 
     return cpu_threads(cores, parallel, waiting) > now and min(running_fractions) >= 0.8
 
 
-def _fraction(job: Job) -> float:
-    return min(_progress(job)[0] / max(job.total_steps, 1), 1.0)
-
-
 def run_jobs(jobs: list[Job], spec_common: dict, parallel: int, devices: list[str], cores: int,
              show_progress: bool = True) -> list[tuple[Job, int]]:
     """Run the unfinished jobs, at most ``parallel`` at a time; returns the failed ones with their exit codes."""
@@ -405,7 +404,7 @@ def run_jobs(jobs: list[Job], spec_common: dict, parallel: int, devices: list[st
     try:
         while todo or running:
             while todo and len(running) < parallel:
-                if not on_gpu and wait_for_cores([_fraction(j) for j in running], len(todo), parallel, cores):
+                if not on_gpu and wait_for_cores([j.done_fraction for j in running], len(todo), parallel, cores):
                     break
                 job = todo.pop(0)
                 # Cores left idle by the last jobs go to them as threads.
@@ -419,7 +418,8 @@ def run_jobs(jobs: list[Job], spec_common: dict, parallel: int, devices: list[st
                 code = job.proc.poll()
                 if code is None:
                     step, phase = _progress(job)
-                    running_passes += job.budget * min(step / max(job.total_steps, 1), 1.0)
+                    job.done_fraction = min(step / max(job.total_steps, 1), 1.0)
+                    running_passes += job.budget * job.done_fraction
                     states.append(f"{job.name} {phase} {step}/{job.total_steps}")
                     continue
                 running.remove(job)
