@@ -188,13 +188,25 @@ def test_retuning_one_method_keeps_the_other_methods_runs(tiny_corpus, tmp_path)
     assert keys("ssl.mask_span=5")["supervised"] == base["supervised"] != keys("optim.lr=0.5")["supervised"]
 
 
-def test_the_last_job_waits_for_the_cores_of_jobs_about_to_end():
-    from bljust.compare import cpu_threads, wait_for_cores
+def test_the_last_wave_of_cpu_jobs_shares_the_cores_instead_of_leaving_one_idle():
+    from bljust.compare import cpu_threads, may_start
 
-    assert cpu_threads(2, 2, 5) == 1 and cpu_threads(2, 2, 1) == 2
-    assert wait_for_cores([0.9], waiting=1, parallel=2, cores=2)  # last job: 2 threads a moment later
-    assert not wait_for_cores([0.7], waiting=1, parallel=2, cores=2)  # too long to wait
-    assert not wait_for_cores([0.9], waiting=2, parallel=2, cores=2)  # two jobs left: one thread each anyway
-    assert not wait_for_cores([], waiting=1, parallel=2, cores=2)
-    assert wait_for_cores([0.8, 0.85, 0.99], waiting=1, parallel=4, cores=4)
-    assert not wait_for_cores([0.8, 0.1, 0.99], waiting=1, parallel=4, cores=4)
+    def waves(jobs: int, parallel: int, on_gpu: bool = False) -> list[int]:
+        """Jobs running after each start-up round, when the running jobs end one at a time."""
+        running, waiting, out = 0, jobs, []
+        while waiting or running:
+            while may_start(running, waiting, parallel, on_gpu):
+                running, waiting = running + 1, waiting - 1
+            out.append(running)
+            running -= 1
+        return out
+
+    # The demo: 5 jobs on 2 cores. Two run; when one ends, one more starts; when three are left,
+    # they all run at once instead of the fifth running alone on a core.
+    assert waves(5, 2) == [2, 2, 3, 2, 1]
+    assert waves(15, 2).count(3) == 1 and max(waves(15, 2)) == 3
+    assert waves(7, 4)[:2] == [4, 6]
+    assert max(waves(5, 2, on_gpu=True)) == 2  # one job per GPU, always
+    assert max(waves(3, 1)) == 1
+    # Every job of a wave runs on one thread; only a job alone on a machine gets all the cores.
+    assert cpu_threads(2, 2, 3) == 1 and cpu_threads(2, 2, 1) == 2

@@ -108,11 +108,11 @@ def evaluate_run(run: Path, data: Path, split: str, device: str = "cpu", max_dur
     )
     from bljust.inference import load_trained, model_path
 
-    model, tokenizer, _ = load_trained(run, device)
+    model, tokenizer, cfg = load_trained(run, device)
     decoder = _word_decoder(args, tokenizer) if args is not None else None
     cuts = load_split(data, split)
     decoded = decode_cuts(model, tokenizer, cuts, torch.device(device), max_duration=max_duration,
-                          keep_emissions=decoder is not None)
+                          keep_emissions=decoder is not None, amp=cfg.train.amp)
     decoding = "greedy CTC"
     if decoder is not None:
         decoded = lm_decode(decoder, decoded, args.lm_weight, args.word_score)

@@ -312,7 +312,7 @@ class TrainConfig:
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
     amp: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
+    """bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX); float32 elsewhere or when off."""
     max_bad_steps: int = 100
     """Abort after this many skipped steps with a non-finite loss or gradient (each is logged)."""
     num_threads: int = 0

@@ -16,6 +16,7 @@ from bljust.data.loader import eval_batches
 from bljust.data.text import normalize_transcript
 from bljust.decode import greedy_ctc
 from bljust.models.asr import ctc_loss_sum
+from bljust.training import autocast
 
 NORMALIZATION = "upper case; letters A-Z, apostrophes and single spaces kept, everything else removed"
 
@@ -40,10 +41,11 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict:
 
 @torch.no_grad()
 def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: float = 120.0,
-                with_loss: bool = True, num_workers: int = 0, keep_emissions: bool = False) -> dict:
+                with_loss: bool = True, num_workers: int = 0, keep_emissions: bool = False, amp: bool = True) -> dict:
     """Greedy-decode ``cuts``: hypotheses, references, confidences (mean log-posterior of the
     emitted units) and the mean CTC loss per token; with ``keep_emissions`` also each
-    utterance's (T, V) log-posteriors on the CPU, for a later LM search."""
+    utterance's (T, V) log-posteriors on the CPU, for a later LM search. ``amp``: bf16 autocast
+    where the device computes bf16 natively, as in training."""
     was_training = model.training
     model.eval()
     hyps: dict[str, str] = {}
@@ -56,7 +58,7 @@ def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: floa
             continue
         wav, wav_lens = batch["wav"].to(device), batch["wav_lens"].to(device)
         feats, feat_lens = model.frontend(wav, wav_lens)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device, amp):
             log_probs, lens = model(feats, feat_lens)
         seqs, conf = greedy_ctc(log_probs, lens)
         for b, (cid, seq, c, text) in enumerate(zip(batch["ids"], seqs, conf, batch["texts"])):

@@ -356,7 +356,7 @@ class Run:
         c = self.counters
         if self.dist.is_main:
             result = score(decode_cuts(self.model, self.tokenizer, self.dev, self.device,
-                                       max_duration=self.cfg.data.max_duration * 2))
+                                       max_duration=self.cfg.data.max_duration * 2, amp=self.cfg.train.amp))
             self.metrics.log(c.step, "dev", {**{k: result[k] for k in ("loss", "wer", "cer")}, **self._position()})
             log.info("step %d dev: loss %.3f WER %.2f%% CER %.2f%%", c.step, result["loss"], 100 * result["wer"],
                      100 * result["cer"])

@@ -87,7 +87,7 @@ def pseudo_label(run: Run, unlabeled: CutSet, stage: int) -> CutSet:
     path = run.run_dir / "pseudo" / f"round{stage}_cuts.jsonl.gz"
     if run.dist.is_main:
         decoded = decode_cuts(run.model, run.tokenizer, unlabeled, run.device,
-                              max_duration=run.cfg.data.max_duration * 2, with_loss=False)
+                              max_duration=run.cfg.data.max_duration * 2, with_loss=False, amp=run.cfg.train.amp)
         cuts, stats = select_pseudo_labels(unlabeled, decoded, run.cfg.pl)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.jsonl.gz")
