@@ -142,11 +142,11 @@ def cmd_transcribe(args) -> int:
 
     from bljust.inference import load_trained, transcribe_files
 
-    model, tokenizer, _ = load_trained(args.run, args.device)
+    model, tokenizer, cfg = load_trained(args.run, args.device)
     decoder = _word_decoder(args, tokenizer)
     failures = 0
     for path, text, error in transcribe_files(model, tokenizer, args.files, torch.device(args.device),
-                                              word_decoder=decoder):
+                                              word_decoder=decoder, amp=cfg.train.amp):
         if error is not None:
             failures += 1
             print(f"bljust transcribe: {path}: {error}", file=sys.stderr)

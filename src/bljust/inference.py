@@ -15,6 +15,7 @@ from bljust.data.manifests import SAMPLE_RATE
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state
 from bljust.decode import greedy_ctc
 from bljust.models.asr import CTCModel
+from bljust.training import autocast
 
 log = logging.getLogger("bljust.inference")
 
@@ -62,10 +63,11 @@ def read_audio(path: str | Path) -> np.ndarray:
 
 @torch.no_grad()
 def transcribe_files(model: CTCModel, tokenizer: Tokenizer, paths: list[str], device: torch.device,
-                     max_seconds_per_batch: float = 120.0, word_decoder=None):
+                     max_seconds_per_batch: float = 120.0, word_decoder=None, amp: bool = True):
     """Yields (path, text, error) in input order; a file that cannot be read gets an error, not an exception.
 
-    Greedy CTC decoding, or ``word_decoder`` (a :class:`bljust.lm.WordDecoder`) when given."""
+    Greedy CTC decoding, or ``word_decoder`` (a :class:`bljust.lm.WordDecoder`) when given; ``amp``
+    as in training and evaluation, so a file transcribes as ``bljust evaluate`` decodes it."""
     pending: list[tuple[str, np.ndarray]] = []
 
     def flush():
@@ -73,7 +75,9 @@ def transcribe_files(model: CTCModel, tokenizer: Tokenizer, paths: list[str], de
         lens = torch.tensor([w.numel() for w in wavs])
         wav = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
         feats, feat_lens = model.frontend(wav, lens.to(device))
-        log_probs, out_lens = model(feats, feat_lens)
+        with autocast(device, amp):
+            log_probs, out_lens = model(feats, feat_lens)
+        log_probs = log_probs.float()
         if word_decoder is not None:
             texts = word_decoder.decode([log_probs[b, :int(out_lens[b])] for b in range(len(pending))])
         else:

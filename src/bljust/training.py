@@ -5,6 +5,7 @@ and reads top to bottom; this module only holds what would otherwise be copied i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -105,10 +106,12 @@ def native_bf16(device: torch.device) -> bool:
     """
     if device.type == "cuda":
         return True
-    if device.type != "cpu":
-        return False
-    cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return device.type == "cpu" and _cpu_bf16()
+
+
+@functools.cache
+def _cpu_bf16() -> bool:
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def autocast(device: torch.device, enabled: bool):
