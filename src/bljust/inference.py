@@ -76,8 +76,7 @@ def transcribe_files(model: CTCModel, tokenizer: Tokenizer, paths: list[str], de
         wav = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
         feats, feat_lens = model.frontend(wav, lens.to(device))
         with autocast(device, amp):
-            log_probs, out_lens = model(feats, feat_lens)
-        log_probs = log_probs.float()
+            log_probs, out_lens = model(feats, feat_lens)  # float32 (the CTC head casts up)
         if word_decoder is not None:
             texts = word_decoder.decode([log_probs[b, :int(out_lens[b])] for b in range(len(pending))])
         else:
