@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from bljust.data.manifests import SPLITS, has_split, load_split
+from bljust.methods import METHOD_NAMES
 from tests.conftest import REPO, TINY
 
 
@@ -57,7 +58,8 @@ def test_train_evaluate_transcribe(tmp_path, tiny_corpus):
 
     r = run("evaluate", str(out), "--data", str(tiny_corpus), "--split", "test")
     result = json.loads((out / "eval" / "test.json").read_text())
-    assert {"wer", "cer", "num_utterances", "num_words"} <= result.keys()
+    assert {"wer", "cer", "num_utterances", "num_words", "groups", "loss"} <= result.keys()
+    assert result["decoding"] == "greedy CTC" and (out / "eval" / "test.hyp.txt").is_file()
     assert result["num_utterances"] == len(load_split(tiny_corpus, "test"))
     assert "WER" in r.stdout and "CER" in r.stdout
 
@@ -78,8 +80,10 @@ def test_train_evaluate_transcribe(tmp_path, tiny_corpus):
     r = run("evaluate", str(out), "--data", str(tiny_corpus), "--split", "test", "--lm", str(arpa),
             "--lm-weight", "2", "--word-score", "1")
     result = json.loads((out / "eval" / "test.json").read_text())
-    assert "beam search" in result["decoding"] and 0 <= result["wer"] < 10
-    hyps = [ln.split("HYP: ", 1)[1] for ln in (out / "eval" / "test.hyp.txt").read_text().splitlines() if "HYP: " in ln]
+    assert "beam search" in result["decoding"] and "word score 1" in result["decoding"] and 0 <= result["wer"] < 10
+    assert set(result["greedy"]) == {"wer", "cer"}  # the greedy scores beside the LM's
+    lm_hyps = (out / "eval" / "test.lm.hyp.txt").read_text().splitlines()
+    hyps = [ln.split("HYP: ", 1)[1] for ln in lm_hyps if "HYP: " in ln]
     assert all(w in vocab for h in hyps for w in h.split())
     r = run("transcribe", str(out), *wavs, "--lm", str(arpa))
     assert [ln.split("\t")[0] for ln in r.stdout.splitlines()] == wavs
@@ -98,25 +102,46 @@ def test_bad_config_is_a_clear_error(tmp_path, tiny_corpus):
 
 
 def test_demo_with_tiny_recipe(tmp_path, tiny_corpus):
-    """The demo runs compare: all five methods, the headline table and the report."""
+    """The demo runs compare: all five methods, the headline table and the report (tests/test_compare.py
+    runs compare itself under both budget rules; the demo takes the option too)."""
     r = run("demo", "--data", str(tiny_corpus), "--out", str(tmp_path / "demo"), "--config", str(TINY),
-            "--budget", "8", "--no-progress")
+            "--budget", "4", "--budget-rule", "labeled", "--no-progress")
+    assert "budget: 4 labeled updates per run (labeled rule)" in r.stdout
     for name in ("supervised", "PT+FT", "JUST", "PL", "BL-JUST"):
         assert f"| {name} | 1 |" in r.stdout
     assert (tmp_path / "demo" / "report.html").is_file()
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert len(results["runs"]) == 5 and results["failed"] == []
+    assert len(results["runs"]) == 5 and results["failed"] == [] and results["budget"]["budget_rule"] == "labeled"
 
 
-@pytest.mark.parametrize("method", ["supervised", "ptft", "just", "pl", "bljust"])
+def test_method_choices_come_from_the_registry():
+    from bljust.cli import build_parser
+    from bljust.methods import METHOD_NAMES
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--data", "d", "--out", "o", "--method", "pl"]).method == "pl"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "d", "--out", "o", "--method", "nope"])
+    args = parser.parse_args(["compare", "--data", "d", "--out", "o"])
+    assert args.budget_rule == "passes"
+    assert parser.parse_args(["demo", "--budget-rule", "labeled"]).budget_rule == "labeled"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compare", "--data", "d", "--out", "o", "--budget-rule", "epochs"])
+    help_text = parser._subparsers._group_actions[0].choices["compare"].format_help()
+    assert ",".join(METHOD_NAMES) in help_text
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_every_method_through_the_cli(method, tmp_path, tiny_corpus):
     out = tmp_path / method
     r = run("train", "--method", method, "--data", str(tiny_corpus), "--out", str(out), "--config", str(TINY),
             "--set", "train.max_steps=6", "--set", "bljust.explore_steps=1", "--set", "bljust.joint_steps=2",
             "--set", "bljust.finetune_steps=2", "--set", "pl.min_chars_per_second=0")
     summary = json.loads(r.stdout)
-    # BL-JUST runs whole outer epochs: K = (6 − N3) // (N1 + N2) = 1, so 1·3 + 2 steps
-    assert summary["method"] == method and summary["steps"] == (5 if method == "bljust" else 6)
+    # BL-JUST runs whole outer epochs, K = (6 − N3) // (N1 + N2) = 1, and gives the remainder to N3: 3 + 3 steps
+    assert summary["method"] == method and summary["steps"] == 6
+    if method == "bljust":
+        assert summary["outer_epochs"] == 1 and summary["finetune_steps"] == 3
     assert (out / "best.pt").is_file()
     if method in ("ptft", "just", "bljust"):
         assert summary["unlabeled_batches"] > 0

@@ -1,4 +1,5 @@
-"""``bljust compare`` end to end on the tiny corpus: two methods × two seeds, the report, reuse and resume."""
+"""``bljust compare`` end to end on the tiny corpus: every method under both budget rules, the report,
+reuse, re-scoring and resume; and the budget rules, run keys and scheduling on their own."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ import sys
 import pytest
 import torch
 
-from bljust.compare import method_settings, validate_results
+from bljust.compare.budget import BUDGET_RULES, method_settings, ptft_pretrain_steps, stream_batches
+from bljust.compare.jobs import plan_jobs, training_settings
+from bljust.compare.results import validate_results
 from bljust.config import load_config
-from bljust.methods.bljust import make_plan
+from bljust.lm import PreparedLM
+from bljust.methods import METHOD_NAMES
+from bljust.methods.bljust import make_plan, plan_cost
 from tests.conftest import REPO, TINY
 
-# tiny.yaml pins N1 = 1 and N2 = 2, so a budget of 8 passes is one BL-JUST epoch (5 passes) and N3 = 3.
-ARGS = ["--config", str(TINY), "--budget", "8", "--jobs", "2", "--no-progress"]
+DEMO = REPO / "recipes" / "demo.yaml"
+BUDGET = 4
+# tiny.yaml pins N1 = 1 and N2 = 2. Under equal passes a budget of 4 shrinks BL-JUST's one outer epoch to
+# N1 = 1, N2 = 1 (3 passes) and N3 = 1; under equal labeled updates it is K = 2 epochs of N1 = 1 + N2 = 2.
+ARGS = ["--config", str(TINY), "--budget", str(BUDGET), "--jobs", "2", "--no-progress"]
+ALL = ["--methods", ",".join(METHOD_NAMES), "--seeds", "1"]
 
 
 def compare(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -25,37 +34,63 @@ def compare(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def report(tiny_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("compare")
-    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,bljust", "--seeds", "2", *ARGS)
+def _compare_every_method(tiny_corpus, tmp_path_factory, rule: str):
+    out = tmp_path_factory.mktemp(f"compare-{rule}")
+    r = compare("--data", str(tiny_corpus), "--out", str(out), *ALL, *ARGS, "--budget-rule", rule)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r
 
 
-def test_results_json_validates_and_holds_every_run(report):
-    out, _ = report
+@pytest.fixture(scope="module")
+def passes(tiny_corpus, tmp_path_factory):
+    """Every method, seed 0, a budget of 4 batch passes."""
+    return _compare_every_method(tiny_corpus, tmp_path_factory, "passes")
+
+
+@pytest.fixture(scope="module")
+def labeled(tiny_corpus, tmp_path_factory):
+    """Every method, seed 0, a budget of 4 supervised updates."""
+    return _compare_every_method(tiny_corpus, tmp_path_factory, "labeled")
+
+
+@pytest.mark.parametrize("rule", BUDGET_RULES)
+def test_every_method_runs_under_each_budget_rule(rule, request):
+    out, r = request.getfixturevalue(rule)
     results = json.loads((out / "results.json").read_text())
     validate_results(results)
-    assert sorted((r["method"], r["seed"]) for r in results["runs"]) == [
-        ("bljust", 0), ("bljust", 1), ("supervised", 0), ("supervised", 1)]
-    assert results["failed"] == []
-    for run in results["runs"]:
-        assert run["batch_passes"] == run["budget"] == 8  # the declared budget, spent exactly
+    assert results["failed"] == [] and sorted(run["method"] for run in results["runs"]) == sorted(METHOD_NAMES)
+    assert results["budget"]["budget_rule"] == rule and results["budget"]["value"] == BUDGET
+    runs = {run["method"]: run for run in results["runs"]}
+    for run in runs.values():
+        assert run["budget_rule"] == rule and run["budget"] == BUDGET
         assert (out / run["run_dir"] / "best.pt").is_file()
         assert set(run["test"]["groups"]) == {"espeak", "flite", "festival"}
-    bl = next(r for r in results["runs"] if r["method"] == "bljust")
-    assert bl["unlabeled_batches"] > 0 and "bljust.finetune_steps=3" in bl["settings"]
-    sup = next(r for r in results["runs"] if r["method"] == "supervised")
-    assert sup["unlabeled_batches"] == 0 and sup["unlabeled_passes"] == 0
-    # the two seeds are two different trainings
-    seeds = [r for r in results["runs"] if r["method"] == "supervised"]
-    w = [torch.load(out / r["run_dir"] / "best.pt", weights_only=False)["model"] for r in seeds]
-    assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0])
+        assert run["wall_seconds"] >= run["train_seconds"] > 0
+        if rule == "passes":  # the same forward/backward batch passes, spent exactly
+            assert run["batch_passes"] == BUDGET, run
+        else:  # the same supervised updates; PL's pseudo-labeled batches are labeled ones
+            assert (run["steps"] if run["method"] == "pl" else run["labeled_batches"]) == BUDGET, run
+    assert runs["supervised"]["unlabeled_batches"] == runs["pl"]["unlabeled_batches"] == 0
+    assert runs["supervised"]["unlabeled_passes"] == 0
+    cfg = load_config(TINY)
+    if rule == "passes":
+        assert runs["just"]["steps"] == BUDGET // 2 and runs["ptft"]["steps"] == BUDGET
+        assert "bljust.finetune_steps=1" in runs["bljust"]["settings"] and runs["bljust"]["steps"] == 3
+    else:  # each method's unlabeled work comes on top
+        n_pt = ptft_pretrain_steps(cfg, BUDGET)
+        assert runs["ptft"]["steps"] == BUDGET + n_pt and runs["ptft"]["unlabeled_batches"] == n_pt
+        assert runs["just"]["steps"] == runs["just"]["unlabeled_batches"] == BUDGET
+        assert "bljust.outer_epochs=2" in runs["bljust"]["settings"]
+        assert runs["bljust"]["unlabeled_batches"] == 2 * (1 + 2) and runs["bljust"]["steps"] == 6
+    title = {"passes": "equal batch passes", "labeled": "equal labeled updates"}[rule]
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith(f"# bljust compare ({title}): ") and f"## Cost ({title})" in markdown
+    assert "| method | labeled batches | unlabeled batches | batch passes | train min | wall min |" in markdown
+    assert f"({rule} rule)" in r.stdout
 
 
-def test_report_is_self_contained_and_has_the_table(report):
-    out, r = report
+def test_report_is_self_contained_and_has_the_table(passes):
+    out, r = passes
     html = (out / "report.html").read_text()
     assert (out / "report.md").is_file()
     for ref in ("http://", "https://", "<script src", "<link"):
@@ -64,20 +99,22 @@ def test_report_is_self_contained_and_has_the_table(report):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<table" in html and "BL-JUST" in html and "supervised" in html
     assert "test CER" in r.stdout and "report.html" in r.stdout  # the headline table is printed
+    # the methods with an SSL loss log g on the held-out unlabeled utterances; the report plots it
+    assert (out / "plots" / "ssl_convergence.png").is_file() and "held-out unlabeled" in html
 
 
-def test_rerun_reuses_finished_runs(report, tiny_corpus):
-    out, _ = report
+def test_rerun_reuses_finished_runs(passes, tiny_corpus):
+    out, _ = passes
     records = sorted((out / "runs").glob("*/record.json"))
     before = {p: p.stat().st_mtime_ns for p in records}
-    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,bljust", "--seeds", "2", *ARGS)
+    r = compare("--data", str(tiny_corpus), "--out", str(out), *ALL, *ARGS)  # passes is the default rule
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stderr.count("reused") == 4 and "started" not in r.stderr
+    assert r.stderr.count("reused") == 5 and "started" not in r.stderr
     assert {p: p.stat().st_mtime_ns for p in records} == before
 
 
-def test_runs_are_also_decoded_with_the_corpus_lm_tuned_on_dev(report):
-    out, _ = report
+def test_runs_are_also_decoded_with_the_corpus_lm_tuned_on_dev(passes):
+    out, _ = passes
     results = json.loads((out / "results.json").read_text())
     assert results["lm"] and results["lm"].endswith("2gram.arpa") and "2-gram LM" in results["decoding"]
     for run in results["runs"]:
@@ -92,77 +129,153 @@ def test_runs_are_also_decoded_with_the_corpus_lm_tuned_on_dev(report):
     assert "test WER % (LM)" in (out / "report.md").read_text()
 
 
-def test_new_decoding_settings_rescore_without_retraining(report, tiny_corpus, tmp_path):
-    out, _ = report
+def test_new_decoding_settings_rescore_without_retraining(passes, tiny_corpus):
+    out, _ = passes
     before = json.loads((out / "results.json").read_text())
     best = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/best.pt")}
-    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,bljust", "--seeds", "2",
-                *ARGS, "--set", "decode.lm_weights=[1.0]")
+    r = compare("--data", str(tiny_corpus), "--out", str(out), *ALL, *ARGS, "--set", "decode.lm_weights=[1.0]")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stderr.count("re-evaluating") == 4
+    assert r.stderr.count("re-evaluating") == 5
     assert {p: p.stat().st_mtime_ns for p in best} == best  # nothing retrained
     after = json.loads((out / "results.json").read_text())
     for old, new in zip(before["runs"], after["runs"]):
         assert new["train_seconds"] == old["train_seconds"] and new["test"]["cer"] == old["test"]["cer"]
         assert [g["lm_weight"] for g in new["dev"]["lm"]["grid"]] == [1.0]
     # and back: the original settings re-score again, to the same numbers as the first time
-    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,bljust", "--seeds", "2", *ARGS)
-    assert r.returncode == 0 and r.stderr.count("re-evaluating") == 4
+    r = compare("--data", str(tiny_corpus), "--out", str(out), *ALL, *ARGS)
+    assert r.returncode == 0 and r.stderr.count("re-evaluating") == 5
     again = json.loads((out / "results.json").read_text())
     assert [x["test"]["lm"] for x in again["runs"]] == [x["test"]["lm"] for x in before["runs"]]
 
 
-def test_changed_settings_do_not_reuse_a_run(report, tiny_corpus):
-    out, _ = report
+def test_changed_settings_do_not_reuse_a_run(passes, tiny_corpus):
+    out, _ = passes
     r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised", "--seeds", "1",
                 *ARGS, "--set", "optim.lr=0.001")
     assert r.returncode == 2 and "other settings" in r.stderr
+    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised", "--seeds", "1",
+                *ARGS, "--budget-rule", "labeled")  # same steps, but a run of another comparison
+    assert r.returncode == 2 and "other settings" in r.stderr
 
 
-def test_a_killed_compare_resumes_and_matches(report, tiny_corpus, tmp_path):
+def test_a_killed_compare_resumes_and_matches(passes, tiny_corpus, tmp_path):
     """Every job dies after step 3 (checkpoint at step 2); the re-run resumes each and ends where an
-    uninterrupted run ends."""
-    out, _ = report
+    uninterrupted run ends. The two seeds are two different trainings."""
+    out, _ = passes
     args = ["--data", str(tiny_corpus), "--out", str(tmp_path), "--methods", "supervised", "--seeds", "2", *ARGS]
     r = compare(*args, env={"BLJUST_FAULT_AFTER_STEP": "3"})
     assert r.returncode == 1 and "failed" in r.stderr
     assert json.loads((tmp_path / "results.json").read_text())["runs"] == []
     r = compare(*args)
     assert r.returncode == 0, r.stderr[-3000:]
-    for seed in (0, 1):
-        resumed = torch.load(tmp_path / "runs" / f"supervised-seed{seed}" / "best.pt", weights_only=False)["model"]
-        clean = torch.load(out / "runs" / f"supervised-seed{seed}" / "best.pt", weights_only=False)["model"]
-        assert all(torch.equal(resumed[k], clean[k]) for k in clean)
+    resumed = [torch.load(tmp_path / "runs" / f"supervised-seed{s}" / "best.pt", weights_only=False)["model"]
+               for s in (0, 1)]
+    clean = torch.load(out / "runs" / "supervised-seed0" / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(resumed[0][k], clean[k]) for k in clean)
+    assert any(not torch.equal(resumed[0][k], resumed[1][k]) for k in clean)
 
 
-def test_budget_rule_gives_every_method_the_same_passes():
-    cfg = load_config(REPO / "recipes" / "demo.yaml")
-    for method in ("supervised", "ptft", "pl"):
-        assert method_settings(method, cfg, 1200, 40, 145) == (["train.max_steps=1200"], 1200)
-    assert method_settings("just", cfg, 1200, 40, 145) == (["train.max_steps=600"], 600)
-    for first in (None, 200):
-        c = load_config(REPO / "recipes" / "demo.yaml", [f"bljust.first_explore_steps={first or 'null'}"])
-        settings, steps = method_settings("bljust", c, 1200, 40, 145)
-        run_cfg = load_config(REPO / "recipes" / "demo.yaml", settings)
-        plan = make_plan(run_cfg.bljust, run_cfg.train.max_steps, 40, 145)
-        passes = plan.explore_total + 2 * plan.outer_epochs * plan.joint + plan.finetune
-        assert passes == 1200 and steps == plan.total and plan.finetune >= 0
-        assert plan.explore_0 == (first if first is not None else plan.explore)
-    with pytest.raises(ValueError, match="exceed the budget"):
-        method_settings("bljust", cfg, 50, 40, 145)
-
-
-def test_validate_results_names_the_bad_key(report):
-    out, _ = report
-    results = json.loads((out / "results.json").read_text())
-    del results["runs"][1]["test"]["cer"]
+def test_validate_results_names_the_bad_key_and_checks_the_rule(passes, labeled):
+    results = json.loads((passes[0] / "results.json").read_text())
+    broken = json.loads(json.dumps(results))
+    del broken["runs"][1]["test"]["cer"]
     with pytest.raises(ValueError, match=r"runs\[1\]\.test lacks 'cer'"):
+        validate_results(broken)
+    over = json.loads(json.dumps(results))
+    over["runs"][0]["batch_passes"] = BUDGET + 1
+    with pytest.raises(ValueError, match=r"runs\[0\] \(\w+\) made 5 batch passes on a budget of 4"):
+        validate_results(over)
+    results = json.loads((labeled[0] / "results.json").read_text())
+    for run in results["runs"]:
+        run["labeled_batches"] -= 1
+        run["steps"] -= 1
+        with pytest.raises(ValueError, match="supervised updates on a budget of 4"):
+            validate_results(results)
+        run["labeled_batches"] += 1
+        run["steps"] += 1
+    results["budget"]["budget_rule"] = "passes"  # runs of another rule
+    with pytest.raises(ValueError, match="ran under the rule 'labeled'"):
         validate_results(results)
 
 
-def test_run_keys_hash_only_non_default_training_settings():
-    from bljust.compare import training_settings
+# ------------------------------------------------------------------ the budget rules, without training
 
+
+@pytest.mark.parametrize("budget", [1000, 4])
+@pytest.mark.parametrize("rule", BUDGET_RULES)
+def test_every_method_gets_its_share_of_the_budget(rule, budget):
+    """On the demo config with its realistic stream sizes (40 labeled, 145 unlabeled batches a pass)."""
+    cfg = load_config(DEMO)
+    shares = {m: method_settings(m, cfg, budget, 40, 145, rule) for m in METHOD_NAMES}
+    for method, (settings, steps) in shares.items():
+        assert load_config(DEMO, settings).train.max_steps == steps
+    assert shares["supervised"] == shares["pl"] == ([f"train.max_steps={budget}"], budget)
+    if rule == "passes":
+        assert shares["ptft"] == ([f"train.max_steps={budget}"], budget)
+        assert shares["just"] == ([f"train.max_steps={budget // 2}"], budget // 2)
+    else:  # PT+FT fine-tunes for the budget after pre-training at its configured ratio (0.2 : 0.8)
+        n_pt = round(0.2 / 0.8 * budget)
+        assert shares["ptft"] == ([f"ptft.pretrain_steps={n_pt}", f"train.max_steps={budget + n_pt}"], budget + n_pt)
+        assert shares["just"] == ([f"train.max_steps={budget}"], budget)
+        pinned = load_config(DEMO, ["ptft.pretrain_steps=7"])
+        assert method_settings("ptft", pinned, budget, 40, 145, rule)[0][0] == "ptft.pretrain_steps=7"
+
+
+@pytest.mark.parametrize("budget", [1000, 4])
+@pytest.mark.parametrize("rule", BUDGET_RULES)
+@pytest.mark.parametrize("first", [None, 200])
+def test_bljust_plan_spends_the_budget_exactly_and_the_job_reproduces_it(rule, budget, first):
+    unit = rule  # BL-JUST plans in the rule's unit (bljust.methods.bljust.UNITS)
+    cfg = load_config(DEMO, [f"bljust.first_explore_steps={first if first is not None else 'null'}",
+                             f"bljust.explore_steps={0 if first is None else 10}"])
+    planned = make_plan(cfg.bljust, budget, 40, 145, unit=unit)
+    assert plan_cost(planned, unit) == budget and planned.finetune >= 0  # never over, nothing left unspent
+    settings, steps = method_settings("bljust", cfg, budget, 40, 145, rule)
+    job_cfg = load_config(DEMO, settings)
+    assert steps == job_cfg.train.max_steps == planned.total
+    for lab, unl in ((40, 145), (7, 9)):  # the job's own streams do not matter: the plan is pinned
+        job_plan = make_plan(job_cfg.bljust, job_cfg.train.max_steps, lab, unl)
+        assert (job_plan.outer_epochs, job_plan.explore, job_plan.explore_0, job_plan.joint, job_plan.finetune,
+                job_plan.total) == (planned.outer_epochs, planned.explore, planned.explore_0, planned.joint,
+                                    planned.finetune, planned.total)
+        assert plan_cost(job_plan, unit) == budget
+
+
+def test_a_bljust_plan_that_cannot_fit_is_an_error():
+    cfg = load_config(DEMO, ["bljust.outer_epochs=20"])
+    for rule in BUDGET_RULES:
+        with pytest.raises(ValueError, match="exceed the budget"):
+            method_settings("bljust", cfg, 50, 40, 145, rule)
+    with pytest.raises(ValueError, match="no joint step"):
+        method_settings("just", cfg, 1, 40, 145, "passes")
+    with pytest.raises(ValueError, match="unknown budget rule"):
+        method_settings("supervised", cfg, 50, 40, 145, "epochs")
+
+
+def test_stream_batches_counts_what_the_training_run_batches(tiny_corpus, tmp_path):
+    """With speed perturbation, the held-out unlabeled utterances and the job's seed, as ``Run`` does."""
+    from bljust.methods.common import Run
+
+    cfg = load_config(TINY, ["data.speed_perturb=[0.9,1.1]", "data.heldout_unlabeled_fraction=0.3"])
+    plain = stream_batches(load_config(TINY, ["data.heldout_unlabeled_fraction=0"]), tiny_corpus)
+    for seed in (0, 1):
+        seeded = load_config(TINY, ["data.speed_perturb=[0.9,1.1]", "data.heldout_unlabeled_fraction=0.3",
+                                    f"train.seed={seed}"])
+        run = Run(seeded, tiny_corpus, tmp_path / f"seed{seed}", method="bljust", ssl=True)
+        try:
+            expected = (run.add_stream("labeled", run.labeled).batches_per_epoch(),
+                        run.add_stream("unlabeled", run.load_unlabeled(), seed_offset=1).batches_per_epoch())
+        finally:
+            run.close()
+        assert stream_batches(cfg, tiny_corpus, seed) == expected
+    counted = stream_batches(cfg, tiny_corpus, 0)
+    assert counted[0] > plain[0] and counted[1] <= plain[1]
+
+
+# ------------------------------------------------------------------ run keys
+
+
+def test_run_keys_hash_only_non_default_training_settings():
     assert training_settings(load_config(None, ["decode.lm_order=5", "decode.lm_weights=[9.0]"])) == {}
     assert training_settings(load_config(None, ["optim.lr=0.5", "data.speed_perturb=[0.9]"])) == {
         "optim": {"lr": 0.5}, "data": {"speed_perturb": [0.9]}}
@@ -176,20 +289,62 @@ def test_run_keys_hash_only_non_default_training_settings():
 
 
 def test_retuning_one_method_keeps_the_other_methods_runs(tiny_corpus, tmp_path):
-    from bljust.compare import plan_jobs
-
-    def keys(*overrides):
+    def keys(*overrides, rule="passes"):
         cfg = load_config(TINY, list(overrides))
-        return {j.method: j.key for j in plan_jobs(cfg, tiny_corpus, tmp_path, ["supervised", "ptft", "bljust"], [0], 8)}
+        return {j.method: j.key for j in plan_jobs(cfg, tiny_corpus, tmp_path, ["supervised", "ptft", "bljust"],
+                                                   [0], 8, rule)}
 
     base, tuned = keys(), keys("bljust.gamma_max=0.9")
     assert tuned["supervised"] == base["supervised"] and tuned["ptft"] == base["ptft"]
     assert tuned["bljust"] != base["bljust"]
     assert keys("ssl.mask_span=5")["supervised"] == base["supervised"] != keys("optim.lr=0.5")["supervised"]
+    # the budget rule is part of every key, even where the settings are the same under both
+    assert keys(rule="labeled")["supervised"] != base["supervised"]
+
+
+def test_pl_with_lm_pseudo_labels_gets_the_lm_and_its_hash_in_the_key(tiny_corpus, tmp_path):
+    lm = PreparedLM(str(tmp_path / "2gram.arpa"), "aaaa", "dk")
+    other_lm = PreparedLM(lm.path, "bbbb", "dk2")  # the same file name, other contents
+
+    def jobs(lm_, *overrides):
+        cfg = load_config(TINY, ["pl.decode=lm", *overrides])
+        return {j.method: j for j in plan_jobs(cfg, tiny_corpus, tmp_path, ["supervised", "pl"], [0], 4, "passes",
+                                               lm_)}
+
+    base = jobs(lm)
+    assert base["pl"].settings == ["train.seed=0", "train.max_steps=4", f"decode.lm={lm.path}"]
+    assert base["supervised"].settings == ["train.seed=0", "train.max_steps=4"]
+    changed = jobs(other_lm)
+    assert changed["pl"].key != base["pl"].key and changed["supervised"].key == base["supervised"].key
+    assert changed["pl"].decode_key == "dk2"
+    # PL's pseudo-labels depend on the decoding grid it tunes on dev; the others' training does not
+    grid = jobs(lm, "decode.lm_weights=[1.0]")
+    assert grid["pl"].key != base["pl"].key and grid["supervised"].key == base["supervised"].key
+    # greedy pseudo-labels: the LM and the decode section stay out of PL's key and settings
+    greedy = {j.method: j for j in plan_jobs(load_config(TINY), tiny_corpus, tmp_path, ["pl"], [0], 4, "passes", lm)}
+    assert greedy["pl"].settings == ["train.seed=0", "train.max_steps=4"]
+    greedy_other = plan_jobs(load_config(TINY), tiny_corpus, tmp_path, ["pl"], [0], 4, "passes", other_lm)
+    assert greedy_other[0].key == greedy["pl"].key
+    with pytest.raises(ValueError, match="pl.decode=lm needs a word LM"):
+        jobs(PreparedLM())
+
+
+def test_pl_with_lm_uses_the_corpus_lm(tiny_corpus, tmp_path):
+    from bljust.lm import prepare_lm
+
+    cfg = load_config(TINY, ["pl.decode=lm"])
+    lm = prepare_lm(cfg.decode, tiny_corpus, tmp_path)
+    assert lm.path == str((tmp_path / "lm" / "2gram.arpa").resolve()) and len(lm.sha256) == 16
+    (job,) = plan_jobs(cfg, tiny_corpus, tmp_path, ["pl"], [0], 4, "labeled", lm)
+    job_cfg = load_config(TINY, ["pl.decode=lm", *job.settings])
+    assert job_cfg.decode.lm == lm.path and job_cfg.pl.decode == "lm"
+
+
+# ------------------------------------------------------------------ scheduling
 
 
 def test_the_last_wave_of_cpu_jobs_shares_the_cores_instead_of_leaving_one_idle():
-    from bljust.compare import cpu_threads, may_start
+    from bljust.compare.jobs import cpu_threads, may_start
 
     def waves(jobs: int, parallel: int, on_gpu: bool = False) -> list[int]:
         """Jobs running after each start-up round, when the running jobs end one at a time."""

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bljust.decode import greedy_ctc
-from bljust.evaluate import error_rates
+from bljust.evaluate import error_rates, evaluate_run, scores_with_groups
 
 
 def test_greedy_ctc_merges_repeats_and_drops_blanks():
@@ -27,3 +27,29 @@ def test_corpus_level_error_rates():
 def test_empty_references_are_not_scored():
     with pytest.raises(ValueError):
         error_rates([""], ["X"])
+
+
+def test_scores_per_voice_family():
+    from lhotse import SupervisionSegment
+    from lhotse.testing.dummies import dummy_cut
+
+    cuts = []
+    for i, group in enumerate(["a", "a", "b", None]):
+        cut = dummy_cut(i)
+        cut.supervisions = [SupervisionSegment(f"s{i}", cut.recording_id, 0, 1, text="X",
+                                               custom={"group": group} if group else None)]
+        cuts.append(cut)
+    ids = [c.id for c in cuts]
+    refs = dict(zip(ids, ["THE CAT", "A DOG", "RED SKY", "NO GROUP"]))
+    hyps = dict(zip(ids, ["THE CAT", "A FROG", "RED SKY", "NONE"]))
+    s = scores_with_groups({"refs": refs, "hyps": hyps}, cuts)
+    assert s["wer"] == pytest.approx(3 / 8) and s["num_utterances"] == 4
+    assert set(s["groups"]) == {"a", "b"}
+    assert s["groups"]["a"]["wer"] == pytest.approx(1 / 4) and s["groups"]["b"]["wer"] == 0
+
+
+def test_evaluate_run_tunes_the_lm_on_dev_only(tmp_path):
+    with pytest.raises(ValueError, match="chosen on dev"):
+        evaluate_run(tmp_path, tmp_path, ("test",), lm="x.arpa", lm_weights=[1.0], word_scores=[0.0])
+    with pytest.raises(ValueError, match="at least one split"):
+        evaluate_run(tmp_path, tmp_path, ())

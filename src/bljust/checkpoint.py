@@ -1,6 +1,6 @@
 """Atomic, pruned, resumable checkpoints.
 
-A checkpoint is one dict: model, optimiser, scheduler, data-stream positions, RNG states,
+A checkpoint is one dict: model, optimiser, data-stream positions, RNG states,
 the resolved config, the tokenizer and the run's counters. It is written to a temporary
 file in the same directory, flushed to disk, then renamed over the target, so a run killed
 at any moment leaves either the old checkpoint or the new one, never half of one.

@@ -8,8 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
+from bljust.methods import METHOD_NAMES
+
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-ALL_METHODS = ("supervised", "ptft", "just", "pl", "bljust")
 
 log = logging.getLogger("bljust")
 
@@ -94,44 +95,26 @@ def _word_decoder(args, tokenizer):
                        word_score=args.word_score)
 
 
-def evaluate_run(run: Path, data: Path, split: str, device: str = "cpu", max_duration: float = 120.0,
-                 args=None) -> dict:
-    import torch
+def cmd_evaluate(args) -> int:
+    from bljust.evaluate import NORMALIZATION, evaluate_run
+    from bljust.inference import model_path
 
-    from bljust.data.manifests import load_split
-    from bljust.evaluate import (
-        NORMALIZATION,
-        decode_cuts,
-        lm_decode,
-        score,
-        write_hypotheses,
-    )
-    from bljust.inference import load_trained, model_path
-
-    model, tokenizer, cfg = load_trained(run, device)
-    decoder = _word_decoder(args, tokenizer) if args is not None else None
-    cuts = load_split(data, split)
-    decoded = decode_cuts(model, tokenizer, cuts, torch.device(device), max_duration=max_duration,
-                          keep_emissions=decoder is not None, amp=cfg.train.amp)
-    decoding = "greedy CTC"
-    if decoder is not None:
-        decoded = lm_decode(decoder, decoded, args.lm_weight, args.word_score)
-        del decoded["emissions"]
+    run, split = Path(args.run), args.split
+    scores = evaluate_run(run, Path(args.data), (split,), args.device, lm=args.lm, lm_weight=args.lm_weight,
+                          word_score=args.word_score, beam_size=args.beam_size)[split]
+    greedy = {k: v for k, v in scores.items() if k != "lm"}
+    if args.lm:  # the scores asked for are the beam search's; greedy decoding's are kept beside them
+        result = {**{k: v for k, v in scores["lm"].items() if k not in ("lm_weight", "word_score")},
+                  "loss": scores["loss"], "greedy": {k: greedy[k] for k in ("wer", "cer")}}
         decoding = (f"lexicon beam search (beam {args.beam_size}) with the LM {args.lm}, LM weight "
                     f"{args.lm_weight:g}, word score {args.word_score:g}")
-    result = score(decoded)
-    result.update({"split": split, "data": str(data), "model": str(model_path(run)),
+    else:
+        result, decoding = greedy, "greedy CTC"
+    result.update({"split": split, "data": str(args.data), "model": str(model_path(run)),
                    "normalization": NORMALIZATION, "decoding": decoding})
     out_dir = (run if run.is_dir() else run.parent) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{split}.json").write_text(json.dumps(result, indent=2))
-    write_hypotheses(out_dir / f"{split}.hyp.txt", decoded)
-    return result
-
-
-def cmd_evaluate(args) -> int:
-    result = evaluate_run(Path(args.run), Path(args.data), args.split, args.device, args=args)
-    print(f"{args.split}: WER {100 * result['wer']:.2f}%  CER {100 * result['cer']:.2f}%  "
+    print(f"{split}: WER {100 * result['wer']:.2f}%  CER {100 * result['cer']:.2f}%  "
           f"({result['num_utterances']} utterances, {result['num_words']} words; {result['decoding']}; "
           f"normalisation: {result['normalization']})")
     return 0
@@ -161,13 +144,16 @@ def _compare_args(args) -> dict:
         raise ValueError("--seeds must be at least 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     return {"methods": methods, "seeds": seeds, "overrides": args.set or [], "budget": args.budget,
-            "jobs": args.jobs, "device": args.device, "progress": not args.no_progress}
+            "budget_rule": args.budget_rule, "jobs": args.jobs, "device": args.device,
+            "progress": not args.no_progress}
 
 
 def _print_results(results: dict, out: Path) -> int:
     from bljust.report import headline_table
 
     if results["runs"]:
+        b = results["budget"]
+        print(f"budget: {b['value']} {b['unit'].replace('_', ' ')} per run ({b['budget_rule']} rule)\n")
         print(headline_table(results))
         print(f"\nreport: {out / 'report.html'} (also report.md, results.json, runs/)")
     for f in results["failed"]:
@@ -262,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model")
     t.add_argument("--data", required=True, help="data directory (labeled, unlabeled, dev splits)")
     t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--method", default="supervised", choices=["supervised", "ptft", "just", "pl", "bljust"],
+    t.add_argument("--method", default="supervised", choices=METHOD_NAMES,
                    help="training method (default: supervised)")
     t.add_argument("--config", help="YAML config (e.g. recipes/demo.yaml)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.max_steps=100")
@@ -293,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--order", type=int, default=3)
     lm.set_defaults(func=cmd_lm)
 
+    from bljust.compare.budget import BUDGET_RULES
+
     for name, help_ in (("compare", "train every method × seed under one budget; write results.json and a report"),
                         ("demo", "generate the demo corpus (if absent) and run compare on it")):
         c = sub.add_parser(name, help=help_)
@@ -306,9 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--config", help="defaults to recipes/demo.yaml")
             c.add_argument("--corpus-seed", type=int, default=0, help="seed of the generated corpus")
             c.add_argument("--synth-jobs", type=int, default=2, help="parallel synthesis processes")
-        c.add_argument("--methods", help=f"comma-separated (default: all: {','.join(ALL_METHODS)})")
+        c.add_argument("--methods", help=f"comma-separated (default: all: {','.join(METHOD_NAMES)})")
         c.add_argument("--seeds", type=int, default=1, help="train seeds 0..N-1 of every method (default 1)")
-        c.add_argument("--budget", type=int, help="batch passes per run (default: the config's train.max_steps)")
+        c.add_argument("--budget", type=int, help="per run: batch passes (--budget-rule passes) or supervised updates "
+                                                  "on labeled batches (labeled); default: the config's train.max_steps")
+        c.add_argument("--budget-rule", choices=BUDGET_RULES, default=BUDGET_RULES[0],
+                       help="what every method gets equally: forward/backward batch passes (passes, the default) or "
+                            "supervised updates on labeled batches, its unlabeled work on top (labeled)")
         c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value for every run")
         c.add_argument("--jobs", type=int, help="runs at a time (default: one per CPU core, or one per GPU)")
         c.add_argument("--device", default="auto", help="auto (GPUs when present), cpu or cuda")

@@ -43,6 +43,12 @@ class DataConfig:
     speed_perturb: list[float] = field(default_factory=list)
     """Speed factors whose copies join the labeled split (icefall's 0.9/1.1 recipe; empty: none).
     A speed change moves pitch and formants too, so it adds voices to a few-speaker labeled set."""
+    heldout_unlabeled_fraction: float = 0.03
+    """Share of the unlabeled split's audio held out of every method's training (whole utterances,
+    picked by a hash of the cut id). The methods with an SSL head measure g on it in eval mode at
+    every validation (``g_heldout``): a fixed, noise-free measure of the lower level. 0: none."""
+    heldout_unlabeled_max_seconds: float = 300.0
+    """Cap on the held-out unlabeled audio, so validation stays cheap on large unlabeled sets."""
 
     def __post_init__(self) -> None:
         _check(self.max_duration > 0, "data.max_duration must be > 0")
@@ -52,6 +58,8 @@ class DataConfig:
         _check(0 <= self.min_utterance_seconds < self.max_utterance_seconds,
                "data.min_utterance_seconds must be >= 0 and < data.max_utterance_seconds")
         _check(self.num_workers >= 0, "data.num_workers must be >= 0")
+        _check(0 <= self.heldout_unlabeled_fraction < 0.5, "data.heldout_unlabeled_fraction must be in [0, 0.5)")
+        _check(self.heldout_unlabeled_max_seconds >= 0, "data.heldout_unlabeled_max_seconds must be >= 0")
 
 
 @dataclass
@@ -175,12 +183,17 @@ class SSLConfig:
 
 @dataclass
 class OptimConfig:
+    name: Literal["adamw", "sgd"] = "adamw"
+    """The optimiser: AdamW, or SGD with momentum (PBGD as published; see bljust.pbgd_scaling). Either way
+    θ, φ and η are parameter groups with learning rates of their own."""
     lr: float = 1e-3
-    """Peak learning rate of AdamW."""
+    """Peak learning rate."""
     weight_decay: float = 1e-2
-    """AdamW decoupled weight decay."""
+    """Weight decay: decoupled under AdamW, L2 under SGD."""
     betas: tuple[float, float] = (0.9, 0.98)
     """AdamW betas."""
+    momentum: float = 0.9
+    """SGD momentum (heavy ball)."""
     warmup_steps: int = 500
     """Linear warm-up from 0 to lr."""
     schedule: Literal["cosine", "constant", "noam"] = "cosine"
@@ -188,7 +201,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.05
     """Floor of the cosine decay, relative to lr."""
     clip_grad_norm: float = 1.0
-    """Clip the global gradient norm to this value (0 disables)."""
+    """Clip the gradient norm of each parameter group (θ, φ, η) to this value on its own (0 disables), so
+    one group's gradient never shrinks another's step."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives lists
@@ -196,6 +210,8 @@ class OptimConfig:
         _check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
         _check(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
         _check(len(self.betas) == 2, "optim.betas must have two values")
+        _check(0 <= self.momentum < 1, "optim.momentum must be in [0, 1)")
+        _check(self.clip_grad_norm >= 0, "optim.clip_grad_norm must be >= 0")
 
 
 @dataclass
@@ -212,9 +228,10 @@ class BLJustConfig:
     joint_steps: int | None = None
     """N2, penalised joint steps per outer epoch; None: one pass over the labeled stream."""
     finetune_steps: int | None = None
-    """N3, final fine-tuning steps on f; None: finetune_fraction of train.max_steps."""
+    """N3, the least final fine-tuning steps on f; None: finetune_fraction of the budget. Whatever the budget
+    leaves after the whole outer epochs that fit is added to N3, so a run spends its budget exactly."""
     finetune_fraction: float = 0.1
-    """N3 as a fraction of train.max_steps (when finetune_steps is None)."""
+    """N3 as a fraction of the budget (when finetune_steps is None)."""
     rho: float = 2e-3
     """ρ, peak learning rate of the exploration steps."""
     alpha: float = 1e-3
@@ -222,17 +239,24 @@ class BLJustConfig:
     tau: float = 3e-4
     """τ, peak learning rate of the final fine-tuning steps."""
     gamma_schedule: Literal["linear", "cosine", "step", "constant"] = "linear"
-    """How γ grows over the outer epochs: linear or cosine ramp, stairs, or constant γ_max."""
+    """How γ grows with progress through the run's joint steps (all outer epochs together, so it ramps for
+    any K, one included): linear or cosine ramp, stairs, or constant γ_max."""
     gamma_0: float = 0.0
-    """γ in the first outer epoch (ignored by 'constant')."""
+    """γ at the first joint step (ignored by 'constant')."""
     gamma_max: float = 1.0
     """The cap of γ."""
     ramp_fraction: float = 0.5
-    """Fraction of the outer epochs after which γ reaches γ_max."""
+    """Fraction of the run's joint steps after which γ reaches γ_max."""
     gamma_stairs: int = 4
     """Number of equal increments of the 'step' schedule."""
-    pbgd_scaling: bool = False
-    """Scale the penalised gradient of (θ, φ) by min(1, 1/γ) (PBGD's step rule; meant for SGD)."""
+    pbgd_scaling: bool | None = None
+    """PBGD's step rule (Shen & Chen): a joint step follows the penalised objective's gradient scaled by
+    min(1, 1/γ), i.e. θ ← s(∇f + γ∇g), φ ← s∇f, η ← sγ∇g with s = min(1, 1/γ). Off, η follows ∇g unscaled
+    (ours: under Adam the lower level keeps its own pace). None: on under SGD, off under AdamW (which is
+    nearly invariant to the gradient's scale)."""
+    reset_optimizer_at_finetune: bool = False
+    """Clear the optimiser state (Adam moments, SGD momentum) when the final fine-tuning starts, as PT+FT
+    does when its fine-tuning starts."""
     lr_schedule: Literal["phase", "global"] = "phase"
     """Learning-rate schedule: 'phase' gives each phase its own warm-up and decay (exploration and joint
     steps counted over all outer epochs, fine-tuning apart); 'global' has one warm-up (optim.warmup_steps)
@@ -263,14 +287,26 @@ class JustConfig:
 @dataclass
 class PTFTConfig:
     pretrain_fraction: float = 0.5
-    """Share of train.max_steps that pre-trains (θ, η) on g; the rest fine-tunes (θ, φ) on f."""
+    """Share of train.max_steps that pre-trains (θ, η) on g (when pretrain_steps is None); the rest
+    fine-tunes (θ, φ) on f."""
+    pretrain_steps: int | None = None
+    """Pre-training steps; None: pretrain_fraction of train.max_steps."""
     pretrain_lr: float = 2e-3
     """Peak learning rate of pre-training."""
     finetune_lr: float = 1e-3
     """Peak learning rate of fine-tuning (a fresh optimiser state; η is discarded)."""
+    encoder_lr_scale: float = 1.0
+    """The pretrained encoder θ fine-tunes at this multiple of finetune_lr (the new head φ at finetune_lr):
+    a lower rate keeps more of what pre-training learned, as wav2vec 2.0 fine-tuning does."""
+    freeze_encoder_steps: int = 0
+    """The first fine-tuning steps train the head φ alone on the frozen pretrained encoder (wav2vec 2.0
+    freezes it for its first updates), so a random head does not send large gradients into θ."""
 
     def __post_init__(self) -> None:
         _check(0 < self.pretrain_fraction < 1, "ptft.pretrain_fraction must be in (0, 1)")
+        _check(self.pretrain_steps is None or self.pretrain_steps >= 0, "ptft.pretrain_steps must be >= 0")
+        _check(self.encoder_lr_scale >= 0, "ptft.encoder_lr_scale must be >= 0")
+        _check(self.freeze_encoder_steps >= 0, "ptft.freeze_encoder_steps must be >= 0")
 
 
 @dataclass
@@ -285,12 +321,20 @@ class PLConfig:
     """Length filter: drop hypotheses with fewer characters per second of audio."""
     max_chars_per_second: float = 25.0
     """Length filter: drop hypotheses with more characters per second of audio."""
+    decode: Literal["greedy", "lm"] = "greedy"
+    """How the unlabeled split is transcribed: greedy CTC, or the lexicon beam search with the word LM of
+    ``decode.lm`` (its weight and word score chosen on dev with the current model, from the decode grid);
+    confidence is the acoustic model's either way."""
+    round_warmup_steps: int = 0
+    """Linear learning-rate warm-up at the start of every pseudo-labeling round (the seed model warms up
+    over optim.warmup_steps); a round starts on new targets, so a warm-up avoids a jump at peak rate."""
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "pl.rounds must be >= 1")
         _check(0 < self.seed_fraction < 1, "pl.seed_fraction must be in (0, 1)")
         _check(0 < self.keep_fraction <= 1, "pl.keep_fraction must be in (0, 1]")
         _check(0 <= self.min_chars_per_second < self.max_chars_per_second, "pl chars-per-second bounds")
+        _check(self.round_warmup_steps >= 0, "pl.round_warmup_steps must be >= 0")
 
 
 @dataclass

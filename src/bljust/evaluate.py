@@ -1,4 +1,4 @@
-"""Corpus-level WER and CER with jiwer, and decoding a split with a trained model.
+"""Corpus-level WER and CER with jiwer, decoding a split with a trained model, and evaluating a run.
 
 Normalisation (stated in every report): both reference and hypothesis go through
 ``normalize_transcript``: upper case, letters A–Z and apostrophes only, single spaces.
@@ -7,6 +7,7 @@ WER = total word edits / total reference words; CER the same over characters, sp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import jiwer
@@ -118,3 +119,74 @@ def write_hypotheses(path: Path, decoded: dict) -> None:
     with open(path, "w") as f:
         for cid, hyp in decoded["hyps"].items():
             f.write(f"{cid}\tREF: {decoded['refs'].get(cid) or ''}\n{cid}\tHYP: {hyp}\n")
+
+
+def scores_with_groups(decoded: dict, cuts) -> dict:
+    """Corpus WER/CER of decoded hypotheses, overall and per voice family when the corpus has them."""
+    from bljust.data.manifests import cut_group
+
+    ids = [i for i, r in decoded["refs"].items() if r]
+    overall = error_rates([decoded["refs"][i] for i in ids], [decoded["hyps"][i] for i in ids])
+    by_group: dict[str, list[str]] = {}
+    for cut in cuts:
+        if (g := cut_group(cut)) is not None and decoded["refs"].get(cut.id):
+            by_group.setdefault(g, []).append(cut.id)
+    groups = {}
+    for g, members in sorted(by_group.items()):
+        r = error_rates([decoded["refs"][i] for i in members], [decoded["hyps"][i] for i in members])
+        groups[g] = {"wer": r["wer"], "cer": r["cer"], "num_utterances": r["num_utterances"]}
+    return {"wer": overall["wer"], "cer": overall["cer"], "num_utterances": overall["num_utterances"],
+            "num_words": overall["num_words"], "num_chars": overall["num_chars"], "groups": groups}
+
+
+def evaluate_run(run: str | Path, data: str | Path, splits: Sequence[str] = ("test",), device: str = "cpu", *,
+                 lm: str | None = None, lm_weight: float | None = None, word_score: float | None = None,
+                 lm_weights: Sequence[float] = (), word_scores: Sequence[float] = (), beam_size: int = 50,
+                 max_duration: float = 120.0) -> dict:
+    """Score a trained model (a run directory's best.pt, or a model file) on ``splits`` of ``data``.
+
+    Every split is decoded greedily; its hypotheses go to ``eval/<split>.hyp.txt`` beside the model.
+    With ``lm`` (an ARPA file) each split is also decoded by the lexicon beam search
+    (``eval/<split>.lm.hyp.txt``): at ``lm_weight`` and ``word_score`` when both are given, else at the
+    pair of the ``lm_weights`` × ``word_scores`` grid with the lowest WER on the first split (which must
+    be dev: the grid is searched there, kept in its result, and the choice applied to the others once).
+
+    Returns ``{split: {wer, cer, num_utterances, num_words, num_chars, groups, loss[, lm]}}``, where
+    ``lm`` holds the beam search's scores with its ``lm_weight`` and ``word_score``.
+    """
+    from bljust.data.manifests import load_split
+    from bljust.inference import load_trained
+
+    if not splits:
+        raise ValueError("evaluate_run needs at least one split")
+    fixed = lm_weight is not None and word_score is not None
+    if lm and not fixed and splits[0] != "dev":
+        raise ValueError("the LM weight and word score are chosen on dev: list 'dev' first, or give both")
+    run = Path(run)
+    out_dir = (run if run.is_dir() else run.parent) / "eval"
+    model, tokenizer, cfg = load_trained(run, device)
+    decoder = None
+    if lm:
+        from bljust.lm import WordDecoder
+
+        decoder = WordDecoder(tokenizer, lm, beam_size=beam_size)
+    out, chosen = {}, None
+    for split in splits:
+        cuts = load_split(data, split).to_eager()
+        d = decode_cuts(model, tokenizer, cuts, torch.device(device), max_duration=max_duration,
+                        keep_emissions=decoder is not None, amp=cfg.train.amp)
+        write_hypotheses(out_dir / f"{split}.hyp.txt", d)
+        out[split] = {**scores_with_groups(d, cuts), "loss": d["loss"]}
+        if decoder is None:
+            continue
+        if chosen is None:
+            chosen = ({"lm_weight": lm_weight, "word_score": word_score} if fixed
+                      else tune_lm(decoder, d, list(lm_weights), list(word_scores)))
+        dl = lm_decode(decoder, d, chosen["lm_weight"], chosen["word_score"])
+        del d, dl["emissions"]  # one split's posteriors at a time
+        write_hypotheses(out_dir / f"{split}.lm.hyp.txt", dl)
+        out[split]["lm"] = {**scores_with_groups(dl, cuts), "lm_weight": chosen["lm_weight"],
+                            "word_score": chosen["word_score"]}
+        if "grid" in chosen and split == splits[0]:
+            out[split]["lm"]["grid"] = chosen["grid"]
+    return out

@@ -11,12 +11,17 @@ only *queries* ARPA files and no packaged estimator installs here (lmplz needs a
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
 import math
 import os
 import sys
 import tempfile
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
@@ -24,6 +29,8 @@ from torch import Tensor
 from bljust.data.text import normalize_transcript
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+
+log = logging.getLogger("bljust.lm")
 
 
 def read_text(path: str | Path) -> list[str]:
@@ -263,3 +270,70 @@ class WordDecoder:
             words = [self.word_dict.get_entry(i) for i in results[0].words if i >= 0] if results else []
             out.append(" ".join(w for w in words if w not in (UNK, BOS, EOS)))
         return out
+
+
+# ---------------------------------------------------------------- the LM a comparison decodes with
+
+
+@dataclass(frozen=True)
+class PreparedLM:
+    """The word LM of a comparison: ``path`` None means greedy decoding only."""
+
+    path: str | None = None
+    """The ARPA file (absolute)."""
+    sha256: str = ""
+    """Hash of the ARPA file's bytes: part of the run key of a method that trains with the LM (PL with
+    ``pl.decode: lm``)."""
+    decode_key: str = ""
+    """Hash of the ARPA file and the decoding settings (beam, LM weight and word score grids): when only
+    this changes, finished runs are re-scored rather than retrained."""
+
+
+def prepare_lm(decode, data: str | Path, out: str | Path) -> PreparedLM:
+    """The LM runs are decoded with, from a ``DecodeConfig``.
+
+    ``decode.lm`` names an ARPA file; otherwise a data directory with ``lm_text.txt`` gets a
+    ``decode.lm_order``-gram LM estimated into ``OUT/lm/``, re-estimated only when the text or the
+    order changed; otherwise there is none.
+    """
+    data, out = Path(data), Path(out)
+    if decode.lm:
+        arpa = Path(decode.lm).resolve()
+        if not arpa.is_file():
+            raise FileNotFoundError(f"decode.lm: {arpa} not found")
+    elif (data / "lm_text.txt").is_file():
+        text = data / "lm_text.txt"
+        arpa = (out / "lm" / f"{decode.lm_order}gram.arpa").resolve()
+        text_hash = hashlib.sha256(text.read_bytes()).hexdigest()[:16]
+        stamp = arpa.with_suffix(".json")
+        try:
+            stamped = json.loads(stamp.read_text()).get("text_sha256")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            stamped = None
+        if not (arpa.is_file() and stamped == text_hash):
+            t0 = time.time()
+            counts = write_arpa(read_text(text), arpa, decode.lm_order)
+            stamp.write_text(json.dumps({"text": str(text), "text_sha256": text_hash, "ngrams": counts}))
+            log.info("LM: %d-gram from %s (%s n-grams) in %.1f s", decode.lm_order, text,
+                     "/".join(str(c) for c in counts.values()), time.time() - t0)
+    else:
+        return PreparedLM()
+    h = hashlib.sha256()
+    with open(arpa, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    sha = h.hexdigest()
+    h.update(json.dumps([decode.beam_size, decode.lm_weights, decode.word_scores]).encode())
+    return PreparedLM(str(arpa), sha[:16], h.hexdigest()[:16])
+
+
+def lm_order_of(arpa: str | Path) -> int:
+    """The highest order an ARPA file's header declares."""
+    order = 0
+    with open(arpa, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("ngram "):
+                order = max(order, int(line.split()[1].split("=")[0]))
+            elif line.startswith("\\1-grams"):
+                break
+    return order

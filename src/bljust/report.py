@@ -23,19 +23,28 @@ import matplotlib
 matplotlib.use("Agg")  # the report only writes files: no display needed, no window opened
 import matplotlib.pyplot as plt
 
+from bljust.compare.budget import RULE_TITLES
+from bljust.methods import METHOD_LABELS
+
 SUMMARY_KEYS = ("dev_wer", "dev_cer", "test_wer", "test_cer", "dev_lm_wer", "dev_lm_cer", "test_lm_wer", "test_lm_cer",
                 "train_seconds", "audio_hours", "batch_passes")
 COST_COLUMNS = (  # (header, results key, format, scale)
-    ("steps", "steps", ",.0f", 1), ("batch passes", "batch_passes", ",.0f", 1),
     ("labeled batches", "labeled_batches", ",.0f", 1), ("unlabeled batches", "unlabeled_batches", ",.0f", 1),
-    ("train min", "train_seconds", ".1f", 1 / 60), ("audio h", "audio_hours", ".2f", 1),
-    ("labeled h", "labeled_hours", ".2f", 1), ("unlabeled h", "unlabeled_hours", ".2f", 1),
-    ("labeled passes", "labeled_passes", ".1f", 1), ("unlabeled passes", "unlabeled_passes", ".1f", 1))
-LABELS = {"supervised": "supervised", "ptft": "PT+FT", "just": "JUST", "pl": "PL", "bljust": "BL-JUST"}
+    ("batch passes", "batch_passes", ",.0f", 1), ("train min", "train_seconds", ".1f", 1 / 60),
+    ("wall min", "wall_seconds", ".1f", 1 / 60), ("steps", "steps", ",.0f", 1),
+    ("audio h", "audio_hours", ".2f", 1), ("labeled h", "labeled_hours", ".2f", 1),
+    ("unlabeled h", "unlabeled_hours", ".2f", 1), ("labeled passes", "labeled_passes", ".1f", 1),
+    ("unlabeled passes", "unlabeled_passes", ".1f", 1))
+COST_NOTES = {
+    "passes": ("The budget counts batch passes: one forward-backward pass over one batch, labeled or unlabeled, "
+               "so batch passes = labeled + unlabeled batches."),
+    "labeled": ("The budget counts supervised updates on labeled batches (PL's pseudo-labeled batches included); "
+                "the unlabeled batches are the work each method's design adds on top, priced here in batch passes "
+                "and minutes."),
+}
 REFERENCES = ("ptft", "supervised")
 KEY_NAMES = {"test_wer": "test WER", "test_cer": "test CER", "test_lm_wer": "test WER (LM)"}
 PLOTS = ("bars", "curves_f", "curves_g", "dev_cer", "bljust_gamma", "ssl_convergence", "groups")
-SMOOTH_ROWS = 5  # trailing window (logged rows) for the g thresholds: one step's loss is too noisy to compare
 DASH = "–"
 CSS = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em;color:#222}"
        "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em}"
@@ -117,7 +126,7 @@ def _num(v: float | None, fmt: str = ".1f", scale: float = 1.0) -> str:
 
 
 def _label(method: str) -> str:
-    return LABELS.get(method, method)
+    return METHOD_LABELS.get(method, method)
 
 
 def _text(d: dict, key: str) -> str:
@@ -153,28 +162,11 @@ def _series(rows: list[dict], key: str, kind: str = "train") -> tuple[list, list
     return tuple(list(c) for c in zip(*pts)) if pts else ([], [], [])
 
 
-def _unlabeled_series(rows: list[dict]) -> tuple[list, list, list]:
-    """(unlabeled batches consumed, minutes, g) at every train row carrying g.
-
-    Every step of a phase that logs g (PT+FT pre-training, BL-JUST exploration and joint steps,
-    JUST) draws one unlabeled batch. Rows come every ``log_every`` steps, so the steps since the
-    previous train row are credited to the row closing the interval: exact when phases start on
-    a logging step, off by less than ``log_every`` per phase change otherwise.
-    """
-    consumed, prev, pts = 0, 0, []
-    for r in rows:
-        if r["kind"] != "train":
-            continue
-        gap, prev = r["step"] - prev, r["step"]
-        if _finite(r.get("g")):
-            # Rows written since the runs count their batches carry the exact number.
-            consumed = r["unlabeled_batches"] if isinstance(r.get("unlabeled_batches"), int) else consumed + gap
-            pts.append((consumed, (r["time"] - rows[0]["time"]) / 60, r["g"]))
-    return tuple(list(c) for c in zip(*pts)) if pts else ([], [], [])
-
-
-def _trailing_mean(values: list[float], window: int = SMOOTH_ROWS) -> list[float]:
-    return [statistics.fmean(values[max(0, i + 1 - window):i + 1]) for i in range(len(values))]
+def _heldout(rows: list[dict]) -> list[dict]:
+    """The validation rows carrying ``g_heldout`` (g on the held-out unlabeled utterances, in eval mode) with
+    the batch counts and training seconds at that point."""
+    return [r for r in rows if r["kind"] == "dev" and _finite(r.get("g_heldout"))
+            and isinstance(r.get("unlabeled_batches"), int) and _finite(r.get("train_seconds"))]
 
 
 # ---------------------------------------------------------------- rendering
@@ -272,6 +264,12 @@ def _load(results: dict, out_dir: Path, plots: Path) -> Inputs:
     return Inputs(results, plots, _methods(results), by_method, rows, curve_runs, summarize(runs))
 
 
+def _rule_title(results: dict) -> str | None:
+    """The budget rule in a few words ("equal labeled updates"), None when results.json does not say."""
+    rule = (results.get("budget") or {}).get("budget_rule")
+    return RULE_TITLES.get(rule, rule) if rule else None
+
+
 def _setup(inp: Inputs) -> list[tuple]:
     r = inp.results
     budget = r.get("budget") or {}
@@ -284,12 +282,14 @@ def _setup(inp: Inputs) -> list[tuple]:
              ["overrides (all methods)", "; ".join(map(str, r.get("overrides") or [])) or "none"],
              ["methods", ", ".join(r.get("methods") or inp.methods)],
              ["seeds", ", ".join(str(s) for s in r.get("seeds", [])) or DASH], ["budget", budget_text],
-             ["equal-budget rule", _text(budget, "rule")], ["machine", machine],
+             ["equal-budget rule", _text(budget, "rule_text" if "rule_text" in budget else "rule")],
+             ["machine", machine],
              ["decoding", _text(r, "decoding")], ["normalisation", _text(r, "normalization")],
              ["checkpoint selection", _text(r, "selection")]]
     corpus = [[split, _num(c.get("hours"), ".2f"), _text(c, "utterances"), _text(c, "speakers")]
               for split, c in (r.get("corpus") or {}).items() if isinstance(c, dict)]
-    blocks = [("h", 1, "bljust compare: " + ", ".join(_label(m) for m in inp.methods)),
+    rule = _rule_title(r)
+    blocks = [("h", 1, f"bljust compare{f' ({rule})' if rule else ''}: " + ", ".join(_label(m) for m in inp.methods)),
               ("table", ["item", "value"], setup, 2)]
     if missing := [m for m in r.get("methods") or [] if m not in inp.methods]:
         blocks.append(("p", "Listed but without any run in results.json: " + ", ".join(missing) + "."))
@@ -399,12 +399,16 @@ def _gamma(inp: Inputs) -> list[tuple]:
     blocks = [("h", 2, "BL-JUST: γ schedule and penalty gap")]
     rows = inp.curves("bljust") if "bljust" in inp.curve_runs else []
     gamma, gap = _series(rows, "gamma"), _series(rows, "penalty_gap")
+    gap_heldout = _series(rows, "penalty_gap_heldout", kind="dev")
     if not gamma[0] and not gap[0]:
         return blocks + [("p", "No BL-JUST run with logged γ or penalty gap in these results.")]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
     top.plot(gamma[0], gamma[2], color=inp.color("bljust"), marker=".", lw=1)
     top.set(ylabel="γ (weight of ∇g in joint steps)")
-    bottom.plot(gap[0], gap[2], color="C3", marker=".", lw=1)
+    bottom.plot(gap[0], gap[2], color="C3", marker=".", lw=1, label="training batches (EMA)")
+    if gap_heldout[0]:
+        bottom.plot(gap_heldout[0], gap_heldout[2], color="k", marker="o", ms=3, lw=1, label="held-out (eval mode)")
+        bottom.legend(fontsize=8)
     bottom.set(xlabel="step", ylabel="penalty gap g − v*")
     for ax in (top, bottom):
         ax.grid(alpha=.3)
@@ -414,44 +418,59 @@ def _gamma(inp: Inputs) -> list[tuple]:
 
 def _ssl(inp: Inputs) -> list[tuple]:
     blocks = [("h", 2, "Convergence of the unsupervised loss g"),
-              ("p", ("x = unlabeled batches consumed, counted as the steps of every phase that logs g (each "
-                     "draws one unlabeled batch; rows come every log interval, so phase boundaries are exact to "
-                     f"one interval). Lines: trailing mean over {SMOOTH_ROWS} logged rows; faint: logged values."))]
-    methods = [m for m in inp.methods if _unlabeled_series(inp.curves(m))[0]]
+              ("p", ("g_heldout: the self-supervised loss g on held-out unlabeled utterances (a fixed share of the "
+                     "unlabeled split that no method trains on), in eval mode with the same masks at every "
+                     "validation, so it is free of training-batch noise. x = unlabeled batches consumed so far, and "
+                     "training minutes (validation excluded)."))]
+    methods = [m for m in inp.methods if _heldout(inp.curves(m))]
     if not methods:
-        return blocks + [("p", "No method logged g.")]
+        return blocks + [("p", "No run logged g_heldout (g on held-out unlabeled utterances: logged at each "
+                               "validation by the methods with an SSL loss when data.heldout_unlabeled_fraction > 0), "
+                               "so there is no convergence of g to show.")]
     fig, (by_batch, by_time) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     for m in methods:
-        batches, minutes, g = _unlabeled_series(inp.curves(m))
-        for ax, x in ((by_batch, batches), (by_time, minutes)):
-            ax.plot(x, g, color=inp.color(m), lw=.6, alpha=.3)
-            ax.plot(x, _trailing_mean(g), color=inp.color(m), lw=1.5, label=_label(m))
+        rows = _heldout(inp.curves(m))
+        g = [r["g_heldout"] for r in rows]
+        by_batch.plot([r["unlabeled_batches"] for r in rows], g, color=inp.color(m), lw=1.2, marker="o", ms=3,
+                      label=_label(m))
+        by_time.plot([r["train_seconds"] / 60 for r in rows], g, color=inp.color(m), lw=1.2, marker="o", ms=3)
     threshold, source = _g_threshold(inp, methods)
     for ax in (by_batch, by_time):
         ax.axhline(threshold, color="k", ls=":", lw=1, label="threshold")
         ax.grid(alpha=.3)
-    by_batch.set(xlabel="unlabeled batches consumed", ylabel="g (SSL loss)")
-    by_time.set(xlabel="wall-clock minutes since the run started")
+    by_batch.set(xlabel="unlabeled batches consumed", ylabel="g_heldout (SSL loss, held-out)")
+    by_time.set(xlabel="training minutes")
     by_batch.legend()
-    blocks.append(("figure", _save(fig, inp.plots / "ssl_convergence.png"), "g against unlabeled batches and time"))
+    seeds = ", ".join(f"{_label(m)} seed {inp.curve_runs[m].get('seed', '?')}" for m in methods)
+    blocks.append(("figure", _save(fig, inp.plots / "ssl_convergence.png"),
+                   f"g on held-out unlabeled utterances against unlabeled batches and training minutes ({seeds})"))
     rows = []
     for m in methods:
         for run in inp.runs[m]:  # every seed: one crossing point is too noisy to stand alone
-            batches, minutes, g = _unlabeled_series(inp.rows[id(run)])
-            hit = next((i for i, v in enumerate(_trailing_mean(g)) if v <= threshold), None)
-            reached = [str(batches[hit]), f"{minutes[hit]:.1f}"] if hit is not None else ["not reached"] * 2
-            rows.append([_label(m), _text(run, "seed"), *reached, str(batches[-1]) if batches else DASH])
-    blocks += [("p", f"First time the smoothed g reached {threshold:.3f} ({source}), as measured:"),
-               ("table", ["method", "seed", "unlabeled batches", "minutes", "unlabeled batches in total"], rows)]
+            points = _heldout(inp.rows[id(run)])
+            hit = next((r for r in points if r["g_heldout"] <= threshold), None)
+            reached = ([str(hit["unlabeled_batches"]), f"{hit['train_seconds'] / 60:.1f}"] if hit is not None
+                       else ["not reached"] * 2)
+            total = run.get("unlabeled_batches", points[-1]["unlabeled_batches"] if points else None)
+            rows.append([_label(m), _text(run, "seed"), *reached, DASH if total is None else str(total)])
+    blocks += [("p", f"First validation at which g_heldout was at or below {threshold:.3f} ({source}):"),
+               ("table", ["method", "seed", "unlabeled batches", "train min", "unlabeled batches in total"], rows)]
     return blocks
 
 
 def _g_threshold(inp: Inputs, with_g: list[str]) -> tuple[float, str]:
-    """The g every method is asked to reach: PT+FT's final smoothed pre-training g (mean over its
-    runs); without PT+FT, that of the first method that logged g."""
+    """The g_heldout every method is asked to reach: PT+FT's when its pre-training ended (its last validation
+    before its first labeled batch; its last validation if none came before), mean over its runs; without
+    PT+FT, the final g_heldout of the first method that logged it."""
     source = "ptft" if "ptft" in with_g else with_g[0]
-    finals = [_trailing_mean(g)[-1] for run in inp.runs[source] if (g := _unlabeled_series(inp.rows[id(run)])[2])]
-    return statistics.fmean(finals), f"the final smoothed g of {_label(source)}, mean over {len(finals)} run(s)"
+    finals = []
+    for run in inp.runs[source]:
+        points = _heldout(inp.rows[id(run)])
+        pretraining = [r for r in points if r.get("labeled_batches") == 0] if source == "ptft" else []
+        if points:
+            finals.append((pretraining or points)[-1]["g_heldout"])
+    what = "g_heldout at the end of its pre-training" if source == "ptft" else "final g_heldout"
+    return statistics.fmean(finals), f"{_label(source)}'s {what}, mean over {len(finals)} run(s)"
 
 
 def _reach(inp: Inputs) -> list[tuple]:
@@ -522,8 +541,12 @@ def _costs(inp: Inputs) -> list[tuple]:
             + [f"{_num(mean[m]['parameters'], '.2f', 1e-6)} M / {_num(mean[m]['inference_parameters'], '.2f', 1e-6)} M"]
             for m in inp.methods]
     header = ["method"] + [c[0] for c in COST_COLUMNS] + ["parameters (train / inference)"]
-    note = "Means over seeds. A batch pass is one forward-backward pass over one batch; the budget counts these."
-    return [("h", 2, "Cost"), ("p", note), ("table", header, rows)]
+    rule = (inp.results.get("budget") or {}).get("budget_rule")
+    note = ("Means over seeds. " + COST_NOTES.get(rule, "A batch pass is one forward-backward pass over one batch.")
+            + " Train min: the training steps alone; wall min: training with its validation, checkpoints and PL's "
+              "decoding of the unlabeled split.")
+    return [("h", 2, "Cost" + (f" ({RULE_TITLES.get(rule, rule)})" if rule else "")), ("p", note),
+            ("table", header, rows)]
 
 
 def _per_run(inp: Inputs) -> list[tuple]:

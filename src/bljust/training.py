@@ -125,12 +125,32 @@ def autocast(device: torch.device, enabled: bool):
 # ---------------------------------------------------------------- optimisation
 
 
-def build_optimizer(param_groups: list[dict], cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW; each group may carry its own ``lr`` (the base of its schedule) and a ``name``."""
+def build_optimizer(param_groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD with momentum (``optim.name``); each group may carry its own ``lr`` and a ``name``."""
     for g in param_groups:
         g.setdefault("lr", cfg.lr)
-        g["initial_lr"] = g["lr"]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def clip_groups(groups: dict[str, list[Tensor]], max_norm: float) -> dict[str, Tensor]:
+    """Clip each named group's gradient norm to ``max_norm`` on its own (0: no clipping).
+
+    Returns every group's pre-clip norm (a 0-dim tensor; no host sync here). Clipping the groups
+    apart keeps a joint step's θ and φ update independent of η's gradient, and treats methods that
+    weight η differently (BL-JUST, JUST) alike.
+    """
+    norms = {}
+    for name, params in groups.items():
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            continue
+        norm = torch.nn.utils.get_total_norm(grads)
+        if max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        norms[name] = norm
+    return norms
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine", min_ratio: float = 0.0) -> float:

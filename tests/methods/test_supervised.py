@@ -11,15 +11,12 @@ import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from bljust.checkpoint import load
 from bljust.config import load_config
 from bljust.data.manifests import load_split, write_split
 from bljust.inference import load_trained
 from bljust.methods import supervised
-from bljust.methods.common import ctc_objective, sync_gradients
-from bljust.training import Dist, build_optimizer
 from tests.conftest import REPO, TINY
 
 def test_refuses_to_overwrite_a_run(tiny_corpus, tmp_path):
@@ -50,60 +47,6 @@ def test_overfits_twenty_utterances(tiny_corpus, tmp_path):
     assert losses[-1] < 0.1 * losses[0]
     model, tokenizer, _ = load_trained(tmp_path / "run")
     assert model.training is False and tokenizer.vocab_size == model.ctc_head.out_features
-
-
-# ---------------------------------------------------------------- DDP: 2 processes == 1 process
-
-
-def _make_batch():
-    g = torch.Generator().manual_seed(0)
-    lens = torch.tensor([120, 90, 150, 60])
-    feats = torch.randn(4, 150, 80, generator=g)
-    for i, n in enumerate(lens):
-        feats[i, n:] = 0
-    # Unequal token counts per half: the update must still equal the single-process one.
-    targets = [[3, 4, 5, 6, 7, 8], [9, 10], [4, 4, 5], [11, 12, 13, 14]]
-    return feats, lens, targets
-
-
-def _model():
-    from bljust.models.asr import CTCModel
-
-    torch.manual_seed(0)
-    cfg = load_config(TINY, ["model.dropout=0.0"])
-    return cfg, CTCModel(cfg, 30)
-
-
-def _one_step(model, cfg, feats, lens, targets, dist):
-    opt = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
-    loss = ctc_objective(model, feats, lens, targets, dist, torch.device("cpu"), amp=False)
-    loss.backward()
-    sync_gradients(list(model.parameters()), dist)
-    opt.step()
-
-
-def _ddp_worker(rank: int, init_file: str, out: str):
-    import torch.distributed as td
-
-    torch.set_num_threads(1)
-    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    cfg, model = _model()
-    feats, lens, targets = _make_batch()
-    part = slice(2 * rank, 2 * rank + 2)
-    _one_step(model, cfg, feats[part], lens[part], targets[part], Dist(rank, 2, rank))
-    if rank == 0:
-        torch.save(model.state_dict(), out)
-    td.destroy_process_group()
-
-
-def test_two_process_update_equals_one_process(tmp_path):
-    cfg, model = _model()
-    feats, lens, targets = _make_batch()
-    _one_step(model, cfg, feats, lens, targets, Dist())
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
-    ddp_state = torch.load(tmp_path / "ddp.pt")
-    for k, v in model.state_dict().items():
-        torch.testing.assert_close(ddp_state[k], v, atol=2e-6, rtol=1e-5, msg=k)
 
 
 def test_torchrun_two_processes(tiny_corpus, tmp_path):

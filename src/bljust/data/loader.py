@@ -10,6 +10,7 @@ replays the sampler (cheap: no audio is read) to the same position.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import logging
 import warnings
@@ -89,6 +90,25 @@ def filter_cuts(cuts: CutSet, split: str, *, min_seconds: float, max_seconds: fl
     if not kept:
         raise ValueError(f"no usable utterances left in split '{split}': " + report.summary(max_lines=5))
     return CutSet.from_cuts(kept), report
+
+
+def hold_out(cuts: CutSet, fraction: float, max_seconds: float) -> tuple[CutSet, CutSet]:
+    """Split ``cuts`` into (kept, held out): whole utterances, in the order of a hash of their ids,
+    until the held-out audio reaches ``fraction`` of the total or ``max_seconds``.
+
+    The choice depends on the cut ids alone: every method, seed and process holds out the same
+    utterances, and a run that resumes holds out what it held out before.
+    """
+    cuts = cuts.to_eager()
+    target = min(fraction * sum(c.duration for c in cuts), max_seconds)
+    held, seconds = set(), 0.0
+    for cut in sorted(cuts, key=lambda c: hashlib.sha1(c.id.encode()).hexdigest()):
+        if seconds >= target:
+            break
+        held.add(cut.id)
+        seconds += cut.duration
+    return (CutSet.from_cuts([c for c in cuts if c.id not in held]),
+            CutSet.from_cuts([c for c in cuts if c.id in held]))
 
 
 def speed_perturbed(cuts: CutSet, factors: list[float]) -> CutSet:

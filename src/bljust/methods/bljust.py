@@ -6,10 +6,12 @@ constant, so a joint step follows ∇f + γ∇g on the shared encoder θ. One ru
 
     for k in 1..K:                        outer epochs
         N1 × (a) exploration:  (θ, η) -= ρ ∇g            on unlabeled batches
-        N2 × (b) joint:        θ -= α (∇f + γ_k ∇g),  φ -= α ∇f,  η -= α ∇g
+        N2 × (b) joint:        θ -= α (∇f + γ ∇g),  φ -= α ∇f,  η -= α ∇g
     N3 × (c) fine-tuning:      (θ, φ) -= τ ∇f            on labeled batches
 
-with γ_k growing from γ_0 to γ_max. ``train`` below is that loop, top to bottom.
+with γ growing from γ_0 to γ_max over the run's joint steps. A joint step builds f's graph,
+back-propagates it, and only then builds g's, so it never holds both. ``train`` below is that
+loop, top to bottom.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bljust.config import BLJustConfig, Config, OptimConfig
-from bljust.methods.common import Run, joint_gradients, track_penalty_gap
+from bljust.methods.common import Run, add_penalty_gradient, track_penalty_gap
 from bljust.training import lr_factor
 
 
@@ -36,6 +38,8 @@ class Plan:
     finetune: int
     first_explore: int | None = None
     """N1 of the first outer epoch (None: ``explore``)."""
+    note: str = ""
+    """How the plan departs from the config to fit its budget (empty: it does not)."""
 
     @property
     def per_epoch(self) -> int:
@@ -50,12 +54,20 @@ class Plan:
         return self.explore_0 + (self.outer_epochs - 1) * self.explore
 
     @property
+    def joint_total(self) -> int:
+        return self.outer_epochs * self.joint
+
+    @property
     def total(self) -> int:
         return self.outer_epochs * self.per_epoch + self.explore_0 - self.explore + self.finetune
 
     def explore_index(self, k: int, i: int) -> int:
         """Exploration steps before step i of outer epoch k's exploration."""
         return i if k == 0 else self.explore_0 + (k - 1) * self.explore + i
+
+    def joint_index(self, k: int, i: int) -> int:
+        """Joint steps before step i of outer epoch k's joint phase."""
+        return k * self.joint + i
 
     def locate(self, step: int) -> tuple[str, int, int]:
         first = self.explore_0 + self.joint
@@ -68,33 +80,83 @@ class Plan:
         return ("explore", k + 1, i) if i < self.explore else ("joint", k + 1, i - self.explore)
 
 
-def make_plan(b: BLJustConfig, max_steps: int, labeled_batches: int, unlabeled_batches: int,
-              joint_cost: int = 1) -> Plan:
-    """Resolve N1, N2, N3 and K from the config and the sizes of the two streams.
+UNITS = {"steps": (1, 1, 1), "passes": (1, 2, 1), "labeled": (0, 1, 1)}
+"""What an exploration, a joint and a fine-tuning step cost in each budget unit: optimiser steps
+(``bljust train``), batch passes (a joint step takes two batches), or updates on labeled batches."""
 
-    ``max_steps`` is in units where a joint step costs ``joint_cost`` (1: steps; 2: batch passes,
-    compare's budget) and every other step costs 1.
+
+def make_plan(b: BLJustConfig, budget: int, labeled_batches: int, unlabeled_batches: int,
+              unit: str = "steps") -> Plan:
+    """Resolve K, N1, N2 and N3 from the config and the sizes of the two streams; the one place
+    ``bljust train`` and ``compare`` both plan a run.
+
+    The plan spends ``budget`` in ``unit`` (see ``UNITS``) exactly: K is the most whole outer
+    epochs that leave room for the configured N3, and whatever they leave is added to N3. When
+    not even one epoch fits, the single epoch is shrunk (N3, then N2, then the first N1) and the
+    plan says so in ``Plan.note``. A plan never exceeds its budget: a pinned K that does not fit
+    is an error.
     """
+    explore_cost, joint_cost, finetune_cost = UNITS[unit]
     n1 = b.explore_steps if b.explore_steps is not None else round(b.explore_fraction * unlabeled_batches)
-    n2 = b.joint_steps if b.joint_steps is not None else labeled_batches
-    n3 = b.finetune_steps if b.finetune_steps is not None else round(b.finetune_fraction * max_steps)
+    n2 = b.joint_steps if b.joint_steps is not None else max(1, labeled_batches)
+    n3 = b.finetune_steps if b.finetune_steps is not None else round(b.finetune_fraction * budget)
     n1_first = b.first_explore_steps if b.first_explore_steps is not None else n1
-    k = b.outer_epochs if b.outer_epochs is not None else max(
-        1, (max_steps - n3 - n1_first + n1) // (n1 + joint_cost * n2))
-    return Plan(k, n1, n2, n3, b.first_explore_steps)
+    epoch = explore_cost * n1 + joint_cost * n2
+    first = explore_cost * n1_first + joint_cost * n2
+    note = ""
+    if b.outer_epochs is not None:
+        k = b.outer_epochs
+        if first + (k - 1) * epoch + finetune_cost * n3 > budget:
+            raise ValueError(f"bljust: K={k} outer epochs of N1={n1} exploration + N2={n2} joint steps (first N1="
+                             f"{n1_first}) and N3={n3} fine-tuning steps exceed the budget of {budget} {unit}; "
+                             f"lower bljust.outer_epochs, joint_steps, explore_steps or finetune_steps")
+    elif first + finetune_cost * n3 <= budget:
+        k = 1 + (budget - first - finetune_cost * n3) // epoch
+    else:  # one epoch does not fit beside N3: shrink it rather than overrun the budget
+        k = 1
+        n2 = max(1, min(n2, (budget - explore_cost * n1_first) // joint_cost))
+        n1_first = min(n1_first, (budget - joint_cost * n2) // explore_cost) if explore_cost else n1_first
+        if n1_first < 0:
+            raise ValueError(f"bljust: a budget of {budget} {unit} cannot hold one joint step ({joint_cost} {unit})")
+        note = f"one outer epoch shrunk to fit the budget of {budget} {unit}"
+    used = explore_cost * n1_first + joint_cost * n2 + (k - 1) * epoch
+    finetune = (budget - used) // finetune_cost
+    first_explore = n1_first if n1_first != n1 else b.first_explore_steps
+    return Plan(k, n1, n2, finetune, first_explore, note)
 
 
-def gamma_at(b: BLJustConfig, k: int, outer_epochs: int) -> float:
-    """γ during outer epoch k (0-based): γ_0 at k = 0, γ_max from the end of the ramp on."""
+def plan_cost(plan: Plan, unit: str) -> int:
+    """What ``plan`` spends in ``unit``."""
+    explore_cost, joint_cost, finetune_cost = UNITS[unit]
+    return explore_cost * plan.explore_total + joint_cost * plan.joint_total + finetune_cost * plan.finetune
+
+
+def gamma_at(b: BLJustConfig, j: int, joint_total: int) -> float:
+    """γ at joint step ``j`` (0-based, counted over every outer epoch) of a run with ``joint_total``:
+    γ_0 at the first, γ_max from ``ramp_fraction`` of the joint steps on. Indexed by the joint
+    steps, not the outer epochs, so γ ramps for any K, one included."""
     if b.gamma_schedule == "constant":
         return b.gamma_max
-    ramp = max(b.ramp_fraction * (outer_epochs - 1), 1e-9)  # γ_max is reached at epoch ⌈ramp⌉
-    x = min(k / ramp, 1.0)
+    ramp = b.ramp_fraction * joint_total
+    x = min(j / ramp, 1.0) if ramp > 0 else 1.0
     if b.gamma_schedule == "cosine":
         x = 0.5 * (1 - math.cos(math.pi * x))
     elif b.gamma_schedule == "step":
         x = math.floor(x * b.gamma_stairs + 1e-9) / b.gamma_stairs
     return b.gamma_0 + (b.gamma_max - b.gamma_0) * x
+
+
+def penalty_weights(gamma: float, pbgd: bool) -> tuple[float, float]:
+    """(scale of θ's and φ's joint gradient, weight of η's ∇g) at penalty γ.
+
+    PBGD (Shen & Chen) steps along the penalised objective's gradient (∇f + γ∇g, ∇f, γ∇g) scaled by
+    min(1, 1/γ). Without it, θ and φ take ∇f + γ∇g and ∇f, and η takes ∇g unscaled by γ, so under
+    Adam the lower level keeps its own pace (ours).
+    """
+    if not pbgd:
+        return 1.0, 1.0
+    scale = min(1.0, 1.0 / gamma) if gamma > 0 else 1.0
+    return scale, scale * gamma
 
 
 def learning_rate(b: BLJustConfig, o: OptimConfig, plan: Plan, step: int) -> float:
@@ -112,7 +174,7 @@ def learning_rate(b: BLJustConfig, o: OptimConfig, plan: Plan, step: int) -> flo
         return peak * lr_factor(plan.explore_index(k, i), plan.explore_total, o.warmup_steps, o.schedule,
                                 o.min_lr_ratio)
     if phase == "joint":
-        return peak * lr_factor(k * plan.joint + i, plan.outer_epochs * plan.joint, o.warmup_steps, o.schedule,
+        return peak * lr_factor(plan.joint_index(k, i), plan.joint_total, o.warmup_steps, o.schedule,
                                 o.min_lr_ratio)
     return peak * lr_factor(i, plan.finetune, min(o.warmup_steps, plan.finetune // 10), o.schedule, o.min_lr_ratio)
 
@@ -124,20 +186,21 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         labeled = run.add_stream("labeled", run.labeled)
         unlabeled = run.add_stream("unlabeled", run.load_unlabeled(), seed_offset=1)
         plan = make_plan(b, cfg.train.max_steps, labeled.batches_per_epoch(), unlabeled.batches_per_epoch())
+        pbgd = b.pbgd_scaling if b.pbgd_scaling is not None else o.name == "sgd"
         theta, phi, eta = run.group_params("theta", "phi", "eta")
         first = "" if plan.first_explore is None else f" (first epoch: N1={plan.explore_0})"
         run.log_plan(f"K={plan.outer_epochs} outer epochs × (N1={plan.explore} exploration + N2={plan.joint} joint "
-                     f"steps){first} + N3={plan.finetune} fine-tuning steps = {plan.total} steps; a joint step takes 1 "
-                     f"labeled and 1 unlabeled batch (ratio 1:1 in batches); labeled pass = "
-                     f"{labeled.batches_per_epoch()} batches, unlabeled pass = {unlabeled.batches_per_epoch()} "
-                     f"batches; γ: {b.gamma_schedule} {b.gamma_0} → {b.gamma_max}; learning rates ({b.lr_schedule} "
-                     f"schedule): ρ={b.rho}, α={b.alpha}, τ={b.tau}")
+                     f"steps){first} + N3={plan.finetune} fine-tuning steps = {plan.total} steps"
+                     f"{f' ({plan.note})' if plan.note else ''}; a joint step takes 1 labeled and 1 unlabeled "
+                     f"batch; labeled pass = {labeled.batches_per_epoch()} batches, unlabeled pass = "
+                     f"{unlabeled.batches_per_epoch()} batches; γ: {b.gamma_schedule} {b.gamma_0} → {b.gamma_max} "
+                     f"by {b.ramp_fraction:.0%} of the joint steps; learning rates ({b.lr_schedule} schedule, "
+                     f"{o.name}{', PBGD step scaling' if pbgd else ''}): ρ={b.rho}, α={b.alpha}, τ={b.tau}")
         run.start(plan.total)
         run.model.train()
 
         while run.counters.step < plan.total:
             phase, k, i = plan.locate(run.counters.step)
-            gamma = gamma_at(b, k, plan.outer_epochs)
             started = time.time()
 
             if phase == "explore":  # (a) (θ, η) -= ρ ∇g
@@ -147,33 +210,38 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                 g, stats = run.ssl_loss(bu)
                 g.backward()
                 lr = learning_rate(b, o, plan, run.counters.step)
-                _, norm = run.step(bool(torch.isfinite(g)), {"theta": lr, "eta": lr})
-                values = {"g": run.value(g), "lr": lr, "grad_norm": norm, **{f"ssl_{n}": v for n, v in stats.items()}}
+                _, norms = run.step(bool(torch.isfinite(g)), {"theta": lr, "eta": lr})
+                values = {"g": run.value(g), "lr": lr, **norms, **{f"ssl_{n}": v for n, v in stats.items()}}
 
             elif phase == "joint":  # (b) θ -= α(∇f + γ∇g), φ -= α∇f, η -= α∇g
                 bl, bu = run.next_batch("labeled"), run.next_batch("unlabeled")
                 if bl is None or bu is None:
                     continue
+                gamma = gamma_at(b, plan.joint_index(k, i), plan.joint_total)
                 f = run.ctc_loss(bl)
+                f.backward()  # ∇f into θ and φ, and f's graph freed before g's is built
                 g, stats = run.ssl_loss(bu)
-                # η's gradient is not scaled by γ: under Adam the lower level keeps its own pace (ours).
-                scale = min(1.0, 1.0 / gamma) if b.pbgd_scaling and gamma > 0 else 1.0
-                health = joint_gradients(f, g, theta, phi, eta, weight=gamma, eta_weight=1.0, scale=scale)
+                scale, eta_weight = penalty_weights(gamma, pbgd)
+                health = add_penalty_gradient(g, theta, phi, eta, weight=gamma, eta_weight=eta_weight, scale=scale,
+                                              health=run.logging)
                 lr = learning_rate(b, o, plan, run.counters.step)
-                _, norm = run.step(bool(torch.isfinite(f)) and bool(torch.isfinite(g)),
-                                   {"theta": lr, "phi": lr, "eta": lr})
-                values = {"f": run.value(f), "g": run.value(g), "gamma": gamma, "lr": lr, "grad_norm": norm,
-                          **health, **{f"ssl_{n}": v for n, v in stats.items()}}
+                _, norms = run.step(bool(torch.isfinite(f)) and bool(torch.isfinite(g)),
+                                    {"theta": lr, "phi": lr, "eta": lr})
+                values = {"f": run.value(f), "g": run.value(g), "gamma": gamma, "lr": lr, **norms, **health,
+                          **{f"ssl_{n}": v for n, v in stats.items()}}
 
             else:  # (c) (θ, φ) -= τ ∇f
+                if b.reset_optimizer_at_finetune and not run.phase_state.get("finetune_started"):
+                    run.optimizer.state.clear()  # fine-tune from fresh moments, as PT+FT does
+                run.phase_state["finetune_started"] = True
                 bl = run.next_batch("labeled")
                 if bl is None:
                     continue
                 f = run.ctc_loss(bl)
                 f.backward()
                 lr = learning_rate(b, o, plan, run.counters.step)
-                _, norm = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
-                values = {"f": run.value(f), "lr": lr, "grad_norm": norm}
+                _, norms = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
+                values = {"f": run.value(f), "lr": lr, **norms}
 
             if "g" in values:
                 values["penalty_gap"] = track_penalty_gap(run.phase_state, values["g"])
@@ -181,6 +249,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             run.after_step(values, phase=phase, started=started)
 
         return run.finish({"outer_epochs": plan.outer_epochs, "explore_steps": plan.explore,
-                           "joint_steps": plan.joint, "finetune_steps": plan.finetune})
+                           "first_explore_steps": plan.explore_0, "joint_steps": plan.joint,
+                           "finetune_steps": plan.finetune})
     finally:
         run.close()

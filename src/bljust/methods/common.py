@@ -10,7 +10,7 @@ Distributed training: gradients are summed over processes by one flat all-reduce
 objectives on two batches, phases leave heads unused, and BL-JUST logs the gradients of f and
 g separately; a single explicit sync after all backward passes makes all of that exact and
 simple. Losses are normalised by counts summed over processes, so N processes take the
-same step as one process on the union of their batches.
+same step as one process on the union of their batches. Only the groups that step are synced.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from lhotse import CutSet
 
 from bljust.checkpoint import CheckpointManager, atomic_save, rng_state, set_rng_state
 from bljust.config import Config, to_dict
-from bljust.data.loader import BatchStream, eval_batches, filter_cuts, speed_perturbed
+from bljust.data.loader import BatchStream, eval_batches, filter_cuts, hold_out, speed_perturbed
 from bljust.data.manifests import cut_text, load_split
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state, train_tokenizer
 from bljust.evaluate import decode_cuts, score
@@ -45,6 +45,7 @@ from bljust.training import (
     barrier,
     build_optimizer,
     cleanup_distributed,
+    clip_groups,
     make_features,
     pick_device,
     progress_bar,
@@ -62,7 +63,7 @@ FAULT_ENV = "BLJUST_FAULT_AFTER_STEP"
 
 def sync_gradients(params: list[torch.Tensor], dist: Dist) -> None:
     """Sum gradients over processes in one flat all-reduce (missing gradients count as zero)."""
-    if not dist.enabled:
+    if not dist.enabled or not params:
         return
     for p in params:
         if p.grad is None:
@@ -85,32 +86,50 @@ def ctc_objective(model: CTCModel, feats: torch.Tensor, lens: torch.Tensor, targ
     return ctc_loss_sum(log_probs, out_lens, targets) / tokens
 
 
-def joint_gradients(f: torch.Tensor, g: torch.Tensor, theta: list, phi: list, eta: list, weight: float,
-                    eta_weight: float, scale: float = 1.0) -> dict[str, float]:
-    """Set the gradients of a joint step on f (labeled batch) and g (unlabeled batch):
+def ssl_objective(model: CTCModel, feats: torch.Tensor, lens: torch.Tensor, generator: torch.Generator, dist: Dist,
+                  device: torch.device, amp: bool) -> tuple[torch.Tensor, dict]:
+    """g: the self-supervised loss per predicted position of the global batch (positions summed over
+    processes), and its health statistics on this process's batch."""
+    with autocast(device, amp):
+        loss_sum, count, stats = model.ssl(model.encoder, feats, lens, generator)
+    total = all_reduce_sum(float(count), dist, device)
+    return loss_sum / max(total, 1.0), stats
+
+
+def add_penalty_gradient(g: torch.Tensor, theta: list, phi: list, eta: list, weight: float, eta_weight: float,
+                         scale: float = 1.0, health: bool = True) -> dict[str, float]:
+    """Complete a joint step's gradients once ``f.backward()`` has put ∇f into θ and φ:
 
         θ ← scale·(∇θ f + weight·∇θ g),   φ ← scale·∇φ f,   η ← eta_weight·∇η g
 
-    The losses come from separate batches, so two backward passes cost what one pass on
-    f + weight·g would, and they give ∇f and ∇g apart: returned are ‖∇θ f‖, ‖weight·∇θ g‖ and
-    the cosine between ∇θ f and ∇θ g (on this process's batches).
+    f's graph is freed by its backward pass before g's is built, so a joint step never holds both
+    graphs: its peak memory is that of the larger of a supervised and an SSL step. ∇f and ∇g stay
+    apart until here, which gives the health metrics (with ``health``): ‖∇θ f‖, ‖weight·∇θ g‖ and
+    the cosine between ∇θ f and ∇θ g, on this process's batches.
     """
-    def grads(loss, params):
-        out = torch.autograd.grad(loss, params, allow_unused=True)
-        return [torch.zeros_like(p) if x is None else x for p, x in zip(params, out)]
-
-    gf, gg = grads(f, theta + phi), grads(g, theta + eta)
-    n = len(theta)
-    for p, a, b in zip(theta, gf[:n], gg[:n]):
-        p.grad = scale * (a + weight * b)
-    for p, a in zip(phi, gf[n:]):
-        p.grad = scale * a
-    for p, b in zip(eta, gg[n:]):
-        p.grad = eta_weight * b
-    flat_f = torch.cat([x.reshape(-1) for x in gf[:n]]).float()
-    flat_g = torch.cat([x.reshape(-1) for x in gg[:n]]).float()
-    return {"grad_f_norm": float(flat_f.norm()), "weighted_grad_g_norm": weight * float(flat_g.norm()),
-            "grad_cos": float(torch.nn.functional.cosine_similarity(flat_f, flat_g, dim=0))}
+    gg = torch.autograd.grad(g, theta + eta, allow_unused=True)
+    gg_theta = [torch.zeros_like(p) if x is None else x for p, x in zip(theta, gg[:len(theta)])]
+    for p in theta:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    values = {}
+    if health:
+        gf = [p.grad for p in theta]
+        nf, ng = torch._foreach_norm(gf), torch._foreach_norm(gg_theta)
+        dot = sum((a.float() * b.float()).sum() for a, b in zip(gf, gg_theta))
+        norm_f, norm_g = torch.stack(nf).float().norm(), torch.stack(ng).float().norm()
+        cos = dot / (norm_f * norm_g).clamp(min=1e-12)
+        norm_f, norm_g, cos = torch.stack([norm_f, norm_g, cos]).tolist()  # one host sync
+        values = {"grad_f_norm": norm_f, "weighted_grad_g_norm": weight * norm_g, "grad_cos": cos}
+    for p, b in zip(theta, gg_theta):
+        p.grad.add_(b, alpha=weight).mul_(scale)
+    if scale != 1.0:
+        for p in phi:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+    for p, b in zip(eta, gg[len(theta):]):
+        p.grad = None if b is None else eta_weight * b
+    return values
 
 
 def track_penalty_gap(state: dict, g: float) -> float:
@@ -137,7 +156,6 @@ class Counters:
     unlabeled_seconds: float = 0.0
     labeled_batches: int = 0
     unlabeled_batches: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Run:
@@ -174,13 +192,15 @@ class Run:
             self.model.frontend.set_global_stats((b["wav"], b["wav_lens"]) for b in eval_batches(sample, 120.0))
 
         self.streams: dict[str, BatchStream] = {}
+        self.heldout = CutSet.from_cuts([])  # unlabeled utterances no method trains on (load_unlabeled)
         self.optimizer = build_optimizer(self.model.param_groups(cfg.optim.lr), cfg.optim)
         self.counters = Counters()
         self.phase_state: dict = {}
         if self.state is not None:
             self.model.load_state_dict(self.state["model"])
             self.optimizer.load_state_dict(self.state["optimizer"])
-            self.counters = Counters(**self.state["counters"])
+            known = {f.name for f in fields(Counters)}
+            self.counters = Counters(**{k: v for k, v in self.state["counters"].items() if k in known})
             self.phase_state = self.state.get("phase_state", {})
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.metrics = MetricsLogger(self.run_dir, self.dist.is_main, resume_step=self.counters.step)
@@ -198,7 +218,15 @@ class Run:
         return kept
 
     def load_unlabeled(self) -> CutSet:
-        return self.filter(load_split(self.data_dir, "unlabeled"), "unlabeled", labeled=False)
+        """The unlabeled split to train on: filtered, less the held-out utterances (kept in ``self.heldout``),
+        which every method leaves out alike."""
+        d = self.cfg.data
+        cuts = self.filter(load_split(self.data_dir, "unlabeled"), "unlabeled", labeled=False)
+        cuts, self.heldout = hold_out(cuts, d.heldout_unlabeled_fraction, d.heldout_unlabeled_max_seconds)
+        if len(cuts) == 0:
+            raise ValueError(f"{self.data_dir}: no unlabeled utterance left after holding out "
+                             f"{len(self.heldout)} for g_heldout; lower data.heldout_unlabeled_fraction")
+        return cuts
 
     def add_stream(self, name: str, cuts: CutSet, seed_offset: int = 0) -> BatchStream:
         """An endless batch stream, restored to its checkpointed position on resume."""
@@ -278,31 +306,33 @@ class Run:
         feats, lens = self.features(batch, stream=1, augment=False)
         self.model.ssl.step_end(self.counters.step)  # schedules inside g (e.g. Gumbel temperature)
         gen = step_generator(self.cfg.train.seed, self.counters.step, self.dist.rank, stream=2)
-        with autocast(self.device, self.cfg.train.amp):
-            loss_sum, count, stats = self.model.ssl(self.model.encoder, feats, lens, gen)
-        total = all_reduce_sum(float(count), self.dist, self.device)
-        return loss_sum / max(total, 1.0), stats
+        return ssl_objective(self.model, feats, lens, gen, self.dist, self.device, self.cfg.train.amp)
 
-    def step(self, losses_ok: bool, lrs: dict[str, float], clip: float | None = None) -> tuple[bool, float]:
-        """Sync gradients, clip, and apply an optimiser step with per-group learning rates.
+    @property
+    def logging(self) -> bool:
+        """Whether the step being taken writes its metrics (health metrics are computed only then)."""
+        return (self.counters.step + 1) % self.cfg.train.log_every == 0
 
-        Groups missing from ``lrs`` are not updated (their gradients are dropped). A step with a
-        non-finite loss or gradient on any rank is skipped everywhere, logged and counted.
+    def step(self, losses_ok: bool, lrs: dict[str, float]) -> tuple[bool, dict[str, float]]:
+        """Sync gradients, clip each group on its own, and apply an optimiser step with per-group learning rates.
+
+        Groups missing from ``lrs`` are not updated (their gradients are dropped before the sync). A
+        step with a non-finite loss or gradient on any rank is skipped everywhere, logged and counted.
+        Returns whether it stepped and the pre-clip gradient norm of each group that stepped
+        (``grad_norm_theta``, ``grad_norm_phi``, ``grad_norm_eta``).
         """
-        sync_gradients(self.params, self.dist)
+        stepping = {}
         for group in self.optimizer.param_groups:
             if group["name"] in lrs:
                 group["lr"] = lrs[group["name"]]
+                stepping[group["name"]] = group["params"]
             else:
                 for p in group["params"]:
                     p.grad = None
-        params = [p for p in self.params if p.grad is not None]
-        clip = self.cfg.optim.clip_grad_norm if clip is None else clip
-        if clip > 0 and params:
-            norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        else:
-            norm = torch.sqrt(sum(p.grad.detach().float().pow(2).sum() for p in params)) if params else torch.zeros(())
-        ok = losses_ok and bool(torch.isfinite(norm))
+        sync_gradients([p for params in stepping.values() for p in params], self.dist)
+        norms = clip_groups(stepping, self.cfg.optim.clip_grad_norm)
+        values = dict(zip(norms, torch.stack(list(norms.values())).tolist())) if norms else {}
+        ok = losses_ok and all(math.isfinite(v) for v in values.values())
         ok = not any_rank(not ok, self.dist, self.device)
         if ok:
             self.optimizer.step()
@@ -313,12 +343,12 @@ class Run:
             if self.counters.bad_steps > self.cfg.train.max_bad_steps:
                 raise RuntimeError(f"more than {self.cfg.train.max_bad_steps} non-finite steps; the data or the "
                                    f"learning rate is broken (see {self.run_dir / 'train.log'})")
-        return ok, float(norm)
+        return ok, {f"grad_norm_{name}": v for name, v in values.items()}
 
     def after_step(self, train_values: dict, phase: str = "", started: float | None = None,
-                   validate: bool = True) -> None:
-        """Count the step, log, validate (unless ``validate`` is off, e.g. while the CTC head is
-        untrained), checkpoint, as configured."""
+                   decode: bool = True) -> None:
+        """Count the step, log, validate (without decoding dev when ``decode`` is off, e.g. while the
+        CTC head is untrained), checkpoint, as configured."""
         c, t = self.counters, self.cfg.train
         c.step += 1
         if started is not None:
@@ -334,9 +364,9 @@ class Run:
             self.metrics.log(c.step, "train", values)
             shown = {k: f"{v:.3f}" for k, v in train_values.items() if k in ("f", "g", "loss", "gamma")}
             self.bar.set_postfix(**({"phase": phase} if phase else {}), **shown, audio_s_per_s=f"{speed:.0f}")
-        validated = validate and c.step % t.valid_every == 0
+        validated = c.step % t.valid_every == 0
         if validated:
-            self.validate()
+            self.validate(decode)
         if validated or c.step % t.checkpoint_every == 0:
             self.checkpoint()
         if self._fault_step and c.step == self._fault_step:
@@ -350,25 +380,48 @@ class Run:
 
     # ------------------------------------------------------------ validation and checkpoints
 
-    def validate(self) -> dict | None:
-        """Dev loss, greedy WER/CER on rank 0; keeps best.pt by the configured metric."""
-        result = None
+    def validate(self, decode: bool = True) -> None:
+        """On rank 0: g on the held-out unlabeled audio (methods with an SSL head) and, with ``decode``, dev
+        loss and greedy WER/CER; keeps best.pt by the configured metric."""
         c = self.counters
         if self.dist.is_main:
-            result = score(decode_cuts(self.model, self.tokenizer, self.dev, self.device,
-                                       max_duration=self.cfg.data.max_duration * 2, amp=self.cfg.train.amp))
-            self.metrics.log(c.step, "dev", {**{k: result[k] for k in ("loss", "wer", "cer")}, **self._position()})
-            log.info("step %d dev: loss %.3f WER %.2f%% CER %.2f%%", c.step, result["loss"], 100 * result["wer"],
-                     100 * result["cer"])
-            value = result[self.cfg.train.best_metric]
-            if value < c.best:
-                c.best, c.best_step = value, c.step
-                self.save_model(self.run_dir / "best.pt", result)
+            values = self.heldout_g() if self.model.ssl is not None and len(self.heldout) else {}
+            if decode:
+                result = score(decode_cuts(self.model, self.tokenizer, self.dev, self.device,
+                                           max_duration=self.cfg.data.max_duration * 2, amp=self.cfg.train.amp))
+                values.update({k: result[k] for k in ("loss", "wer", "cer")})
+                log.info("step %d dev: loss %.3f WER %.2f%% CER %.2f%%", c.step, result["loss"],
+                         100 * result["wer"], 100 * result["cer"])
+                value = result[self.cfg.train.best_metric]
+                if value < c.best:
+                    c.best, c.best_step = value, c.step
+                    self.save_model(self.run_dir / "best.pt", result)
+            if values:
+                self.metrics.log(c.step, "dev", {**values, **self._position()})
         best = torch.tensor([c.best, c.best_step], dtype=torch.float64, device=self.device)
         if self.dist.enabled:  # every rank carries the same counters into the checkpoint
             torch_dist.broadcast(best, 0)
         c.best, c.best_step = float(best[0]), int(best[1])
-        return result
+
+    @torch.no_grad()
+    def heldout_g(self) -> dict:
+        """g on the held-out unlabeled utterances, in eval mode, each batch with the same masks at every
+        validation: the lower level's value free of training noise, and its gap to the least value seen."""
+        was_training = self.model.training
+        self.model.eval()
+        total, count = 0.0, 0.0
+        for i, batch in enumerate(eval_batches(self.heldout, self.cfg.data.max_duration)):
+            if not batch["ids"]:
+                continue
+            feats, lens = make_features(self.model, batch, self.device, train=False, cfg=self.cfg)
+            with autocast(self.device, self.cfg.train.amp):
+                loss_sum, n, _ = self.model.ssl(self.model.encoder, feats, lens, torch.Generator().manual_seed(i))
+            total, count = total + float(loss_sum), count + float(n)
+        self.model.train(was_training)
+        g = total / max(count, 1.0)
+        least = min(self.phase_state.get("g_heldout_min", math.inf), g)
+        self.phase_state["g_heldout_min"] = least
+        return {"g_heldout": g, "penalty_gap_heldout": g - least}
 
     def checkpoint(self) -> None:
         rngs = [None] * self.dist.world_size

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from bljust.config import Config
-from bljust.methods.common import Run, joint_gradients, track_penalty_gap
+from bljust.methods.common import Run, add_penalty_gradient, track_penalty_gap
 from bljust.training import lr_factor
 
 
@@ -34,12 +34,13 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             if bl is None or bu is None:
                 continue
             f = run.ctc_loss(bl)
+            f.backward()  # f's graph is freed before g's is built
             g, stats = run.ssl_loss(bu)
-            health = joint_gradients(f, g, theta, phi, eta, weight=lam, eta_weight=lam)
+            health = add_penalty_gradient(g, theta, phi, eta, weight=lam, eta_weight=lam, health=run.logging)
             lr = o.lr * lr_factor(run.counters.step, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
-            _, norm = run.step(bool(torch.isfinite(f)) and bool(torch.isfinite(g)), {"theta": lr, "phi": lr, "eta": lr})
+            _, norms = run.step(bool(torch.isfinite(f)) and bool(torch.isfinite(g)), {"theta": lr, "phi": lr, "eta": lr})
             g_value = run.value(g)
-            run.after_step({"f": run.value(f), "g": g_value, "lambda": lam, "lr": lr, "grad_norm": norm,
+            run.after_step({"f": run.value(f), "g": g_value, "lambda": lam, "lr": lr, **norms,
                             "penalty_gap": track_penalty_gap(run.phase_state, g_value), **health,
                             **{f"ssl_{n}": v for n, v in stats.items()}}, phase="joint", started=started)
         return run.finish({"lambda": lam})

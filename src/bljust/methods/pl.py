@@ -1,6 +1,7 @@
 """Iterative pseudo-labeling: a seed model trained on the labeled split transcribes the
-unlabeled split; the most confident hypotheses of plausible length join the labeled data, and
-training continues on the union; R rounds, each re-labeling with the latest model.
+unlabeled split (greedily, or with the word LM's beam search, as Kahn et al. 2020 do); the most
+confident hypotheses of plausible length join the labeled data, and training continues on the
+union; R rounds, each re-labeling with the latest model and warming its learning rate up anew.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from lhotse import CutSet
 from lhotse.utils import fastcopy
 
 from bljust.config import Config, PLConfig
-from bljust.evaluate import decode_cuts
+from bljust.evaluate import decode_cuts, lm_decode, tune_lm
+from bljust.lm import WordDecoder
 from bljust.methods.common import Run
 from bljust.training import barrier, lr_factor
 
@@ -50,12 +52,16 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         starts = [0, *(seed_steps + r * per_round for r in range(p.rounds))] + [total]
         unlabeled = run.load_unlabeled()
         run.add_stream("labeled", run.labeled)
+        if p.decode == "lm" and not Path(cfg.decode.lm).is_file():
+            raise FileNotFoundError(f"pl.decode=lm needs decode.lm to name an ARPA file (bljust lm); got "
+                                    f"{cfg.decode.lm!r}")
         for r in range(1, p.rounds + 1):  # streams of rounds already under way (resume)
-            manifest = run.run_dir / "pseudo" / f"round{r}_cuts.jsonl.gz"
             if f"round{r}" in (run.state or {}).get("streams", {}):
-                run.add_stream(f"round{r}", run.labeled + _load(manifest), seed_offset=r)
+                run.add_stream(f"round{r}", run.labeled + _round_cuts(run, r), seed_offset=r)
         run.log_plan(f"seed model {seed_steps} steps on labeled data, then {p.rounds} round(s) of {per_round} steps "
-                     f"on labeled + pseudo-labeled data (keep top {p.keep_fraction:.0%} by confidence)")
+                     f"on labeled + pseudo-labeled data (keep top {p.keep_fraction:.0%} by confidence; "
+                     f"{'LM beam search' if p.decode == 'lm' else 'greedy'} labels; warm-up {p.round_warmup_steps} "
+                     f"steps per round)")
         run.start(total)
         run.model.train()
         while run.counters.step < total:
@@ -71,10 +77,10 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             f = run.ctc_loss(batch)
             f.backward()
             span = starts[stage + 1] - starts[stage]
-            lr = o.lr * lr_factor(step - starts[stage], span, o.warmup_steps if stage == 0 else 0, o.schedule,
-                                  o.min_lr_ratio)
-            _, norm = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
-            run.after_step({"f": run.value(f), "lr": lr, "grad_norm": norm, "round": stage},
+            lr = o.lr * lr_factor(step - starts[stage], span, o.warmup_steps if stage == 0 else p.round_warmup_steps,
+                                  o.schedule, o.min_lr_ratio)
+            _, norms = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
+            run.after_step({"f": run.value(f), "lr": lr, **norms, "round": stage},
                            phase="seed" if stage == 0 else f"round{stage}", started=started)
         return run.finish({"rounds": p.rounds, "seed_steps": seed_steps, "round_steps": per_round,
                            "pseudo_labels": run.phase_state.get("pseudo_labels", {})})
@@ -86,24 +92,47 @@ def pseudo_label(run: Run, unlabeled: CutSet, stage: int) -> CutSet:
     """Decode the unlabeled split with the current model (rank 0), filter, and save the manifest."""
     path = run.run_dir / "pseudo" / f"round{stage}_cuts.jsonl.gz"
     if run.dist.is_main:
-        decoded = decode_cuts(run.model, run.tokenizer, unlabeled, run.device,
-                              max_duration=run.cfg.data.max_duration * 2, with_loss=False, amp=run.cfg.train.amp)
+        decoded = transcribe_unlabeled(run, unlabeled)
         cuts, stats = select_pseudo_labels(unlabeled, decoded, run.cfg.pl)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.jsonl.gz")
         cuts.to_file(tmp)
         tmp.replace(path)
+        stats.update({k: decoded[k] for k in ("lm_weight", "word_score") if k in decoded})
         run.phase_state.setdefault("pseudo_labels", {})[f"round{stage}"] = stats
         run.metrics.log(run.counters.step, "pseudo_labels", {"round": stage, **stats})
         log.info("round %d pseudo-labels: %s", stage, stats)
     barrier(run.dist)
-    cuts = _load(path)
+    return _round_cuts(run, stage)
+
+
+def transcribe_unlabeled(run: Run, unlabeled: CutSet, chunk: int = 500) -> dict:
+    """Hypotheses and acoustic confidences for the unlabeled split: greedy, or (``pl.decode: lm``) the
+    LM beam search with its weight and word score chosen on dev for the current model."""
+    cfg, device = run.cfg, run.device
+
+    def decode(cuts, emissions: bool) -> dict:
+        return decode_cuts(run.model, run.tokenizer, cuts, device, max_duration=cfg.data.max_duration * 2,
+                           with_loss=False, keep_emissions=emissions, amp=cfg.train.amp)
+
+    if cfg.pl.decode == "greedy":
+        return decode(unlabeled, False)
+    decoder = WordDecoder(run.tokenizer, cfg.decode.lm, beam_size=cfg.decode.beam_size)
+    tuned = tune_lm(decoder, decode(run.dev, True), cfg.decode.lm_weights, cfg.decode.word_scores)
+    out = {"hyps": {}, "confidence": {}, "lm_weight": tuned["lm_weight"], "word_score": tuned["word_score"]}
+    cuts = list(unlabeled)
+    for i in range(0, len(cuts), chunk):  # emissions of a chunk at a time, not of the whole split
+        d = decode(CutSet.from_cuts(cuts[i:i + chunk]), True)
+        out["hyps"].update(lm_decode(decoder, d, tuned["lm_weight"], tuned["word_score"])["hyps"])
+        out["confidence"].update(d["confidence"])
+    return out
+
+
+def _round_cuts(run: Run, stage: int) -> CutSet:
+    """Round ``stage``'s saved pseudo-labeled cuts, through the same filter as any labeled data."""
+    cuts = CutSet.from_file(run.run_dir / "pseudo" / f"round{stage}_cuts.jsonl.gz")
+    cuts = cuts.to_eager() if cuts is not None else CutSet.from_cuts([])  # lhotse reads an empty manifest as None
     if len(cuts) == 0:
         log.warning("round %d: no pseudo-label passed the filters; this round trains on labeled data only", stage)
         return cuts
     return run.filter(cuts, f"round{stage} pseudo-labeled", labeled=True)
-
-
-def _load(path: Path) -> CutSet:
-    cuts = CutSet.from_file(path)  # lhotse reads an empty manifest as None
-    return cuts.to_eager() if cuts is not None else CutSet.from_cuts([])

@@ -28,8 +28,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             f = run.ctc_loss(batch)
             f.backward()
             lr = o.lr * lr_factor(run.counters.step, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
-            _, grad_norm = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
-            run.after_step({"f": run.value(f), "lr": lr, "grad_norm": grad_norm, "epoch": run.streams["labeled"].epoch},
+            _, norms = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
+            run.after_step({"f": run.value(f), "lr": lr, **norms, "epoch": run.streams["labeled"].epoch},
                            started=started)
         return run.finish()
     finally:

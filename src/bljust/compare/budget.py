@@ -1,0 +1,150 @@
+"""The budget rules of ``bljust compare``: what "the same budget" means, and each method's share of it.
+
+Two rules, chosen with ``--budget-rule``:
+
+- ``passes``: every method makes the same number of forward/backward passes over batches of at
+  most ``data.max_duration`` seconds of audio. A supervised, SSL, exploration or fine-tuning step is
+  one pass; a joint step (JUST, BL-JUST) takes a labeled and an unlabeled batch and is two.
+- ``labeled``: every method makes the same number of supervised updates on labeled batches (the
+  papers' "equal supervised epochs"); each method's unlabeled work is what its design adds on top:
+  PT+FT pre-trains, BL-JUST explores and takes an unlabeled batch per joint step, JUST one per step,
+  PL decodes the unlabeled split.
+
+Under both, inference (validation, PL's re-labeling) is not counted; its wall-clock is in the cost table.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from bljust.config import Config
+from bljust.methods import METHOD_NAMES
+
+BUDGET_RULES = ("passes", "labeled")
+"""The rule names, ``--budget-rule``'s choices; the first is the default."""
+
+log = logging.getLogger("bljust.compare")
+
+RULE_TITLES = {"passes": "equal batch passes", "labeled": "equal labeled updates"}
+RULE_UNITS = {"passes": "batch_passes", "labeled": "labeled_updates"}
+"""What the budget counts under each rule (results.json's ``budget.unit``)."""
+
+RULE_TEXTS = {
+    "passes": ("equal batch passes: every method makes the same number of forward/backward passes over batches "
+               "of at most {max_duration:g} s of audio; a supervised, SSL, exploration or fine-tuning step is one "
+               "pass, a joint step (JUST, BL-JUST) is two (one labeled + one unlabeled batch). Inference "
+               "(validation, PL's re-labeling) is not counted."),
+    "labeled": ("equal labeled updates: every method makes the same number of supervised updates on labeled "
+                "batches of at most {max_duration:g} s of audio (PL's pseudo-labeled batches included); the "
+                "unlabeled work each design adds comes on top: PT+FT's pre-training steps (at its configured "
+                "pre-training : fine-tuning ratio), BL-JUST's exploration steps and one unlabeled batch per "
+                "joint step, JUST's one unlabeled batch per step, PL's decoding. Inference (validation, PL's "
+                "re-labeling) is not counted."),
+}
+
+
+def check_rule(rule: str) -> str:
+    if rule not in BUDGET_RULES:
+        raise ValueError(f"unknown budget rule '{rule}'; choose from {', '.join(BUDGET_RULES)}")
+    return rule
+
+
+def rule_text(rule: str, max_duration: float) -> str:
+    return RULE_TEXTS[check_rule(rule)].format(max_duration=max_duration)
+
+
+def stream_batches(cfg: Config, data: Path, seed: int | None = None) -> tuple[int, int]:
+    """Batches in one pass of the labeled and of the unlabeled stream of a run with ``seed`` (default
+    ``train.seed``), as the training ``Run`` builds them: the labeled split with its speed-perturbed
+    copies, the unlabeled split less the held-out utterances, both through the duration filter.
+
+    The label-length filter (which needs the tokenizer) is not applied, so this can over-count by
+    the few labeled cuts it drops.
+    """
+    from bljust.data.loader import BatchStream, hold_out, speed_perturbed
+    from bljust.data.manifests import load_split
+
+    d = cfg.data
+    seed = cfg.train.seed if seed is None else seed
+
+    def usable(cuts):
+        return cuts.filter(
+            lambda c: d.min_utterance_seconds <= c.duration <= min(d.max_utterance_seconds, d.max_duration)).to_eager()
+
+    labeled = load_split(data, "labeled")
+    if d.speed_perturb:  # before the filter, as in training: a slowed copy can outgrow the limit
+        labeled = speed_perturbed(labeled, d.speed_perturb)
+    unlabeled, _ = hold_out(usable(load_split(data, "unlabeled")), d.heldout_unlabeled_fraction,
+                            d.heldout_unlabeled_max_seconds)
+    counts = []
+    for offset, cuts in enumerate((usable(labeled), unlabeled)):  # the runs' seed offsets: labeled 0, unlabeled 1
+        counts.append(BatchStream(cuts, "labeled" if offset == 0 else "unlabeled", max_duration=d.max_duration,
+                                  num_buckets=d.num_buckets, seed=seed + offset,
+                                  buffer_size=d.buffer_size).batches_per_epoch())
+    return counts[0], counts[1]
+
+
+def ptft_pretrain_steps(cfg: Config, budget: int) -> int:
+    """PT+FT's pre-training steps beside ``budget`` fine-tuning steps under the labeled rule:
+    ``ptft.pretrain_steps`` when set, else the pre-training : fine-tuning ratio of ``pretrain_fraction``."""
+    p = cfg.ptft
+    if p.pretrain_steps is not None:
+        return p.pretrain_steps
+    return round(p.pretrain_fraction / (1 - p.pretrain_fraction) * budget)
+
+
+def method_settings(method: str, cfg: Config, budget: int, labeled_batches: int, unlabeled_batches: int,
+                    rule: str = "passes") -> tuple[list[str], int]:
+    """The ``--set`` overrides that give ``method`` its share of ``budget`` under ``rule``, and the run's
+    number of optimiser steps. ``labeled_batches`` and ``unlabeled_batches`` (one pass of each stream,
+    see ``stream_batches``) are read by BL-JUST's plan only.
+
+    BL-JUST's plan is resolved here (``make_plan`` in the rule's unit) and pinned in full, so the
+    job's own ``make_plan`` (in steps, over ``train.max_steps``) reproduces it whatever its streams.
+    """
+    check_rule(rule)
+    if budget < 1:
+        raise ValueError(f"the budget must be at least 1, not {budget}")
+    if method not in METHOD_NAMES:
+        raise ValueError(f"unknown method '{method}'; choose from {', '.join(METHOD_NAMES)}")
+    if method in ("supervised", "pl"):  # one labeled (or pseudo-labeled) batch and one pass per step
+        return [f"train.max_steps={budget}"], budget
+    if method == "just":  # one labeled and one unlabeled batch per step
+        steps = budget // 2 if rule == "passes" else budget
+        if steps < 1:
+            raise ValueError(f"just: a budget of {budget} batch passes holds no joint step (two passes)")
+        return [f"train.max_steps={steps}"], steps
+    if method == "ptft":
+        if rule == "passes":  # pre-training and fine-tuning share the budget (ptft.pretrain_*)
+            return [f"train.max_steps={budget}"], budget
+        n_pt = ptft_pretrain_steps(cfg, budget)
+        return [f"ptft.pretrain_steps={n_pt}", f"train.max_steps={budget + n_pt}"], budget + n_pt
+    return bljust_settings(cfg, budget, labeled_batches, unlabeled_batches, rule)
+
+
+def bljust_settings(cfg: Config, budget: int, labeled_batches: int, unlabeled_batches: int,
+                    rule: str) -> tuple[list[str], int]:
+    from bljust.methods.bljust import make_plan, plan_cost
+
+    unit = "passes" if rule == "passes" else "labeled"
+    plan = make_plan(cfg.bljust, budget, labeled_batches, unlabeled_batches, unit=unit)
+    if plan.finetune < 0 or plan_cost(plan, unit) != budget:
+        raise ValueError(f"bljust: the plan {plan} spends {plan_cost(plan, unit)} {unit}, not the budget of "
+                         f"{budget}")
+    if plan.note:
+        log.warning("bljust: %s", plan.note)
+    return ([f"bljust.outer_epochs={plan.outer_epochs}", f"bljust.explore_steps={plan.explore}",
+             f"bljust.first_explore_steps={plan.explore_0}", f"bljust.joint_steps={plan.joint}",
+             f"bljust.finetune_steps={plan.finetune}", f"train.max_steps={plan.total}"], plan.total)
+
+
+def supervised_updates(run: dict) -> int:
+    """A finished run's updates on labeled batches (results.json's run record): PL's pseudo-labeled
+    batches count, as every one of its steps is a supervised update."""
+    return run["steps"] if run["method"] == "pl" else run["labeled_batches"]
+
+
+def spent(run: dict, rule: str) -> int:
+    """What a finished run spent in the unit of ``rule``."""
+    return run["batch_passes"] if check_rule(rule) == "passes" else supervised_updates(run)

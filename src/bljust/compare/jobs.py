@@ -1,0 +1,347 @@
+"""The jobs of ``bljust compare``: one (method, seed) training run and its evaluation each.
+
+A job is a ``python -m bljust.compare job JOB.json`` subprocess (``run_job``) that trains, resuming
+from its checkpoints when a run was interrupted, selects ``best.pt`` on dev, evaluates it on dev and
+test once, and writes ``record.json`` in its run directory. Its key hashes everything that decides
+the trained model; a finished job is reused on a re-run when the key matches. Jobs run in parallel:
+one single-threaded process per core on CPU (the last wave may share the cores, see ``may_start``),
+one process per GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bljust.compare.budget import method_settings, stream_batches
+from bljust.config import Config, load_config, to_dict
+from bljust.methods import METHOD_SECTIONS
+
+log = logging.getLogger("bljust.compare")
+
+KEY_VERSION = 5  # bump when a config default or the training code changes what a run produces
+_METHOD_ONLY = {section for sections in METHOD_SECTIONS.values() for section in sections}
+
+
+@dataclass
+class Job:
+    """One (method, seed) training run and its evaluation."""
+
+    method: str
+    seed: int
+    run_dir: Path
+    settings: list[str]
+    """``--set`` overrides on top of the comparison's config: the seed and the method's share of the budget."""
+    total_steps: int
+    """The run's optimiser steps, for the progress display."""
+    budget: int
+    """The budget of the rule (batch passes, or supervised updates)."""
+    key: str = ""
+    """Hash of everything that determines the trained model; a finished run is reused only when it matches."""
+    decode_key: str = ""
+    """Hash of the LM and decoding settings; when only this changed, the run is re-evaluated, not retrained."""
+    rule: str = "passes"
+    """The budget rule (``bljust.compare.budget``)."""
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    threads: int = 1
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-seed{self.seed}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir.parent / f"{self.name}.log"
+
+    @property
+    def record_path(self) -> Path:
+        return self.run_dir / "record.json"
+
+    def finished(self) -> bool:
+        record = read_json(self.record_path) or {}
+        return record.get("key") == self.key and record.get("decode_key", "") == self.decode_key
+
+    def trained(self) -> bool:
+        """Trained and evaluated under other decoding settings: only the evaluation is redone."""
+        return (read_json(self.record_path) or {}).get("key") == self.key and (self.run_dir / "best.pt").is_file()
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write through a temporary file: a killed process never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------ run keys
+
+
+def training_settings(cfg: Config, method: str | None = None) -> dict:
+    """The config values that differ from the package defaults, minus the evaluation-only
+    ``decode`` section and (given ``method``) the other methods' sections: what a run's key
+    hashes. Only non-defaults, so a config field added in a later version (at a default that
+    keeps the old behaviour) does not orphan finished runs. A change of a default's value must
+    bump KEY_VERSION instead."""
+    def diff(value, default):
+        if isinstance(value, dict) and isinstance(default, dict):
+            out = {k: d for k, v in value.items() if (d := diff(v, default.get(k))) is not None}
+            return out or None
+        return None if value == default else value
+
+    current, defaults = to_dict(cfg), to_dict(Config())
+    current.pop("decode")
+    if method is not None:
+        for section in _METHOD_ONLY - set(METHOD_SECTIONS[method]):
+            current.pop(section, None)
+    return diff(current, defaults) or {}
+
+
+def uses_lm(cfg: Config, method: str) -> bool:
+    """Whether ``method`` trains with the word LM (PL's pseudo-labels from the beam search)."""
+    return method == "pl" and cfg.pl.decode == "lm"
+
+
+def run_key(cfg: Config, data: Path, method: str, settings: list[str], rule: str, lm_sha256: str = "") -> str:
+    """Hash of what decides a run's model: the non-default training settings its method reads, the
+    data directory, the job's settings, the budget rule, and for a method that trains with the LM
+    the ARPA file's hash and the decoding grid (which the decode section otherwise keeps out)."""
+    parts = [KEY_VERSION, json.dumps(training_settings(cfg, method), sort_keys=True), str(data.resolve()), method,
+             settings, rule]
+    if uses_lm(cfg, method):
+        d = cfg.decode
+        parts.append([lm_sha256, d.beam_size, list(d.lm_weights), list(d.word_scores)])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: list[int], budget: int,
+              rule: str = "passes", lm=None) -> list[Job]:
+    """One job per seed × method (seed-major: the first seed of every method finishes first); ``lm`` is
+    the comparison's ``bljust.lm.PreparedLM`` (None: no LM)."""
+    lm_path, lm_sha, decode_key = (lm.path, lm.sha256, lm.decode_key) if lm is not None else (None, "", "")
+    jobs = []
+    for seed in seeds:
+        # one pass of each stream of this seed's runs: BL-JUST's plan (N2, N1 by default) depends on them
+        lab, unl = stream_batches(cfg, data, seed) if "bljust" in methods else (0, 0)
+        for method in methods:
+            settings, steps = method_settings(method, cfg, budget, lab, unl, rule)
+            settings = [f"train.seed={seed}", *settings]
+            if uses_lm(cfg, method):
+                if not lm_path:
+                    raise ValueError("pl.decode=lm needs a word LM: set decode.lm to an ARPA file (bljust lm), or "
+                                     "use a data directory with lm_text.txt")
+                settings.append(f"decode.lm={lm_path}")
+            key = run_key(cfg, data, method, settings, rule, lm_sha)
+            jobs.append(Job(method, seed, out / "runs" / f"{method}-seed{seed}", settings, steps, budget, key,
+                            decode_key, rule))
+    return jobs
+
+
+def check_reusable(jobs: list[Job]) -> None:
+    """Refuse to mix runs of other settings into this comparison (they would be resumed or reported)."""
+    for j in jobs:
+        spec = j.run_dir / "job.json"
+        if spec.is_file() and json.loads(spec.read_text()).get("key") != j.key:
+            raise ValueError(f"{j.run_dir} holds a run with other settings (config, data, budget, budget rule or "
+                             f"seed changed); use a new --out directory or delete that run")
+
+
+# ------------------------------------------------------------------ one job (a subprocess)
+
+
+def run_job(spec_path: Path) -> int:
+    """Train (or resume) one method × seed, evaluate best.pt on dev and test, write record.json.
+
+    A run whose record.json has the same training key was trained already (only the decoding
+    settings changed): it is re-evaluated and keeps its training costs.
+    """
+    import torch
+
+    from bljust.compare.results import COST_KEYS, run_costs, unlabeled_seconds
+    from bljust.evaluate import evaluate_run
+    from bljust.methods import METHODS
+
+    spec = json.loads(spec_path.read_text())
+    run_dir, data = Path(spec["run_dir"]), Path(spec["data"])
+    torch.set_num_threads(spec["threads"])
+    cfg = load_config(spec["config"], [*spec["settings"], f"train.num_threads={spec['threads']}",
+                                       f"train.device={spec['device']}"])
+    old = read_json(run_dir / "record.json")
+    if old is not None and old.get("key") == spec["key"] and (run_dir / "best.pt").is_file():
+        log.info("%s: trained earlier; re-evaluating it with the new decoding settings", run_dir)
+        costs = {k: old[k] for k in COST_KEYS}
+    else:
+        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt"))
+        started = time.time()
+        summary = METHODS[spec["method"]](cfg, data, run_dir, resume=resume)
+        costs = run_costs(summary, spec["budget"], time.time() - started, unlabeled_seconds(data))
+    device = "cuda" if spec["device"].startswith("cuda") else "cpu"
+    d = cfg.decode
+    scores = evaluate_run(run_dir, data, ("dev", "test"), device, lm=spec.get("lm"), lm_weights=d.lm_weights,
+                          word_scores=d.word_scores, beam_size=d.beam_size)
+    write_json(run_dir / "record.json", {
+        "method": spec["method"], "seed": spec["seed"], "key": spec["key"], "decode_key": spec.get("decode_key", ""),
+        "budget_rule": spec["budget_rule"], "settings": spec["settings"], **costs, **scores})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bljust.compare job JOB.json``: the entry point of a job's subprocess."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "job":
+        print("usage: python -m bljust.compare job JOB.json  (internal; use 'bljust compare')", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return run_job(Path(argv[1]))
+
+
+def start_job(job: Job, spec_common: dict) -> None:
+    """Write the job's ``job.json`` and start its subprocess (output to its log)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(job.threads)}
+    if job.device != "cpu":  # the job sees its one GPU as cuda:0
+        env["CUDA_VISIBLE_DEVICES"] = job.device.split(":")[1]
+    spec = {**spec_common, "method": job.method, "seed": job.seed, "run_dir": str(job.run_dir),
+            "settings": job.settings, "key": job.key, "budget": job.budget, "budget_rule": job.rule,
+            "threads": job.threads, "device": "cpu" if job.device == "cpu" else "cuda"}
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    (job.run_dir / "job.json").write_text(json.dumps(spec, indent=2))
+    with open(job.log_path, "ab") as logf:
+        job.proc = subprocess.Popen([sys.executable, "-m", "bljust.compare", "job", str(job.run_dir / "job.json")],
+                                    stdout=logf, stderr=subprocess.STDOUT, env=env)
+    log.info("%s: started (%d thread(s), %s; log %s)", job.name, job.threads, job.device, job.log_path)
+
+
+# ------------------------------------------------------------------ scheduling
+
+
+def devices_for(device: str) -> list[str]:
+    """The devices jobs run on: every GPU (``auto``, ``cuda``), one named GPU, or the CPU."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if device.startswith("cuda"):
+        return [device]
+    return ["cpu"]
+
+
+def available_cores() -> int:
+    """The cores this process may use (taskset, a cgroup cpuset or a batch scheduler's allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_threads(cores: int, parallel: int, jobs_left: int) -> int:
+    """Threads for a CPU job started while ``jobs_left`` jobs (itself included) remain to run or are running."""
+    return max(1, cores // min(parallel, jobs_left))
+
+
+def may_start(running: int, waiting: int, parallel: int, on_gpu: bool) -> bool:
+    """Whether one more job may start now, with ``running`` jobs running and ``waiting`` to start.
+
+    One job per core (or GPU), except for the last wave on CPU: when the jobs left fit in 1.5 jobs
+    per core, they all start at once on one thread each and share the cores rather than leave a
+    core idle at the end (README, "Comparing methods", has the measurements). Every job then runs
+    on one thread, so a run's arithmetic does not depend on where in the queue it ran.
+    """
+    if waiting == 0:
+        return False
+    if running < parallel:
+        return True
+    return not on_gpu and running + waiting <= parallel + parallel // 2
+
+
+def _progress(job: Job) -> tuple[int, str]:
+    """(steps done, phase) of a running job, from the tail of its metrics.jsonl."""
+    path = job.run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0, "starting"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return 0, "starting"
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("kind") == "train":
+            return int(row["step"]), row.get("phase", "train")
+    return 0, "starting"
+
+
+def run_jobs(jobs: list[Job], spec_common: dict, parallel: int, devices: list[str], cores: int,
+             show_progress: bool = True) -> list[tuple[Job, int]]:
+    """Run the unfinished jobs, ``parallel`` at a time (see ``may_start``); returns the failed ones with
+    their exit codes."""
+    from tqdm import tqdm
+
+    todo = []
+    for j in jobs:
+        if j.finished():
+            log.info("%s: finished earlier (%s), reused", j.name, j.record_path)
+        else:
+            if j.trained():
+                log.info("%s: trained earlier; re-evaluating it (the decoding settings changed)", j.name)
+            todo.append(j)
+    total = sum(j.total_steps for j in jobs)
+    done_steps = sum(j.total_steps for j in jobs if j not in todo)
+    bar = tqdm(total=total, initial=done_steps, unit="step", desc="compare", disable=not show_progress,
+               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 60.0)
+    on_gpu = devices[0] != "cpu"
+    free_devices = list(devices) if on_gpu else []
+    running: list[Job] = []
+    failed: list[tuple[Job, int]] = []
+    try:
+        while todo or running:
+            while may_start(len(running), len(todo), parallel, on_gpu):
+                job = todo.pop(0)
+                # Cores left idle because fewer jobs than cores remain go to them as threads.
+                job.threads = 1 if on_gpu else cpu_threads(cores, parallel, len(running) + 1 + len(todo))
+                job.device = free_devices.pop(0) if on_gpu else "cpu"
+                start_job(job, spec_common)
+                running.append(job)
+            time.sleep(1.0)
+            states, running_steps = [], 0
+            for job in list(running):
+                code = job.proc.poll()
+                if code is None:
+                    step, phase = _progress(job)
+                    running_steps += min(step, job.total_steps)
+                    states.append(f"{job.name} {phase} {step}/{job.total_steps}")
+                    continue
+                running.remove(job)
+                if on_gpu:
+                    free_devices.append(job.device)
+                if code == 0 and job.finished():
+                    done_steps += job.total_steps
+                    log.info("%s: done", job.name)
+                else:
+                    failed.append((job, code))
+                    log.error("%s: failed with exit code %s; see %s", job.name, code, job.log_path)
+            bar.n = min(total, done_steps + running_steps)
+            bar.set_postfix_str("; ".join(states), refresh=False)
+            bar.refresh()
+    finally:  # on Ctrl-C or an error, stop the children: their checkpoints let a re-run resume them
+        for job in running:
+            if job.proc.poll() is None:
+                job.proc.terminate()
+                job.proc.wait()
+        bar.close()
+    return failed

@@ -1,0 +1,117 @@
+"""``results.json`` of ``bljust compare``: its schema and validator, and the numbers it is built from
+(a run's costs, the corpus, the machine)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from bljust.compare.budget import BUDGET_RULES, spent
+from bljust.methods import METHOD_NAMES
+
+SCHEMA = "bljust.compare/2"
+
+COST_KEYS = ("steps", "budget", "batch_passes", "labeled_batches", "unlabeled_batches", "train_seconds",
+             "wall_seconds", "audio_hours", "labeled_hours", "unlabeled_hours", "labeled_passes", "unlabeled_passes",
+             "parameters", "inference_parameters", "best_step")
+"""A run record's training costs: kept when a run is only re-evaluated."""
+
+RUN_KEYS = {"method": str, "seed": int, "run_dir": str, "budget_rule": str, "settings": list, "steps": int,
+            "budget": int, "batch_passes": int, "labeled_batches": int, "unlabeled_batches": int,
+            "train_seconds": float, "wall_seconds": float, "audio_hours": float, "labeled_hours": float,
+            "unlabeled_hours": float, "labeled_passes": float, "unlabeled_passes": float, "parameters": int,
+            "inference_parameters": int, "best_step": int, "dev": dict, "test": dict}
+"""Every run record's keys and types. ``train_seconds``: the training steps alone; ``wall_seconds``: the
+training call with its validation, checkpoints and PL's decoding (of the invocation that finished it)."""
+
+
+def unlabeled_seconds(data: Path) -> float:
+    from bljust.data.manifests import load_split
+
+    return max(sum(c.duration for c in load_split(data, "unlabeled")), 1e-9)
+
+
+def run_costs(summary: dict, budget: int, wall_seconds: float, unlabeled_total_seconds: float) -> dict:
+    """A run record's costs (``COST_KEYS``) from the summary its method returned."""
+    lab_h, unl_h = summary["labeled_hours_processed"], summary["unlabeled_hours_processed"]
+    return {
+        "steps": summary["steps"], "budget": budget,
+        "batch_passes": summary["labeled_batches"] + summary["unlabeled_batches"],
+        "labeled_batches": summary["labeled_batches"], "unlabeled_batches": summary["unlabeled_batches"],
+        "train_seconds": summary["train_seconds"], "wall_seconds": wall_seconds, "audio_hours": lab_h + unl_h,
+        "labeled_hours": lab_h, "unlabeled_hours": unl_h, "labeled_passes": summary["labeled_passes"],
+        "unlabeled_passes": unl_h * 3600 / unlabeled_total_seconds,
+        "parameters": summary["parameters"], "inference_parameters": summary["inference_parameters"],
+        "best_step": summary["best_step"],
+    }
+
+
+def corpus_stats(data: Path) -> dict:
+    """Hours, utterances and speakers per split."""
+    from bljust.data.manifests import SPLITS, cut_speaker, has_split, load_split
+
+    out = {}
+    for split in SPLITS:
+        if not has_split(data, split):
+            continue
+        cuts = load_split(data, split)
+        out[split] = {"hours": round(sum(c.duration for c in cuts) / 3600, 4), "utterances": len(cuts),
+                      "speakers": len({cut_speaker(c) for c in cuts})}
+    return out
+
+
+def machine_info(parallel: int, devices: list[str], cores: int) -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": cores, "torch": torch.__version__, "device": devices[0].split(":")[0],
+            "gpus": len(devices) if devices[0] != "cpu" else 0, "parallel_jobs": parallel,
+            "threads_per_job": 1 if devices[0] != "cpu" else max(1, cores // parallel),
+            "python": platform.python_version()}
+
+
+def validate_results(results: dict) -> None:
+    """Raise ValueError naming the first key of a results.json that is missing or malformed, or the
+    first run that broke its budget rule (over the budget in batch passes under ``passes``; not
+    exactly the budget in supervised updates under ``labeled``)."""
+    def need(obj: dict, key: str, tp: type, where: str) -> None:
+        if key not in obj:
+            raise ValueError(f"results.json: {where} lacks '{key}'")
+        ok = isinstance(obj[key], (int, float)) if tp is float else isinstance(obj[key], tp)
+        if not ok or (tp is int and isinstance(obj[key], bool)):
+            raise ValueError(f"results.json: {where}.{key} should be {tp.__name__}, not {obj[key]!r}")
+
+    if results.get("schema") != SCHEMA:
+        raise ValueError(f"results.json: schema is {results.get('schema')!r}, expected {SCHEMA!r}")
+    for key, tp in (("data", str), ("corpus", dict), ("budget", dict), ("methods", list), ("seeds", list),
+                    ("machine", dict), ("runs", list), ("failed", list)):
+        need(results, key, tp, "top level")
+    budget = results["budget"]
+    for key, tp in (("budget_rule", str), ("rule_text", str), ("unit", str), ("value", int)):
+        need(budget, key, tp, "budget")
+    rule = budget["budget_rule"]
+    if rule not in BUDGET_RULES:
+        raise ValueError(f"results.json: budget.budget_rule '{rule}' is not one of {', '.join(BUDGET_RULES)}")
+    for i, run in enumerate(results["runs"]):
+        where = f"runs[{i}]"
+        for key, tp in RUN_KEYS.items():
+            need(run, key, tp, where)
+        if run["method"] not in METHOD_NAMES:
+            raise ValueError(f"results.json: {where}.method '{run['method']}' is not a known method")
+        if run["budget_rule"] != rule or run["budget"] != budget["value"]:
+            raise ValueError(f"results.json: {where} ran under the rule '{run['budget_rule']}' with a budget of "
+                             f"{run['budget']}, not '{rule}' with {budget['value']}")
+        used = spent(run, rule)
+        if (used > run["budget"]) if rule == "passes" else (used != run["budget"]):
+            unit = "batch passes" if rule == "passes" else "supervised updates"
+            raise ValueError(f"results.json: {where} ({run['method']}) made {used} {unit} on a budget of "
+                             f"{run['budget']}")
+        for split in ("dev", "test"):
+            for key in ("wer", "cer"):
+                need(run[split], key, float, f"{where}.{split}")
+                if not 0 <= run[split][key] < 10:
+                    raise ValueError(f"results.json: {where}.{split}.{key} = {run[split][key]} is not a rate")
+            need(run[split], "groups", dict, f"{where}.{split}")
+            if "lm" in run[split]:
+                for key in ("wer", "cer", "lm_weight", "word_score"):
+                    need(run[split]["lm"], key, float, f"{where}.{split}.lm")

@@ -1,0 +1,187 @@
+"""DDP equivalence: the update 2 processes make on the halves of a global batch equals the update of
+one process on the whole batch, for a supervised, an SSL and a BL-JUST joint step.
+
+Each process runs the training code's own pieces: ``ctc_objective`` and ``ssl_objective`` (normalised
+by counts summed over processes), ``add_penalty_gradient`` after ``f.backward()``, ``sync_gradients``
+over the stepping groups, ``clip_groups`` with a clip value that clips, and the optimiser step.
+
+The SSL loss draws its masks from a generator per process (``step_generator(seed, step, rank, 2)``),
+and the contrastive losses draw their negatives from the process's own batch. The global batch's g
+is therefore defined by the ranks: each half with its rank's generator (its masks, its negative
+pool), ``Σ_r loss_sum_r / Σ_r count_r``. The single-process reference computes exactly that with
+``model.ssl`` on each half, then takes the gradient of the whole with plain autograd, so the reference
+relies neither on the sync nor on ``add_penalty_gradient``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bljust.config import load_config
+from bljust.methods.common import add_penalty_gradient, ctc_objective, ssl_objective, sync_gradients
+from bljust.models.asr import CTCModel
+from bljust.training import Dist, build_optimizer, clip_groups, step_generator
+from tests.conftest import TINY
+
+CPU = torch.device("cpu")
+GAMMA = 0.7
+CLIP = 0.05  # below every group's gradient norm here (asserted), so clipping acts on every step
+STEPPING = {"supervised": ("theta", "phi"), "ssl": ("theta", "eta"), "joint": ("theta", "phi", "eta")}
+# (step kind, ssl.loss, optim.name). SGD's update is linear in the gradient, so it shows any error in
+# its scale; AdamW, the default, is all but sign(gradient) on a first step, which hides such errors.
+CASES = [("supervised", "bestrq", "sgd"), ("supervised", "bestrq", "adamw"),
+         ("ssl", "bestrq", "sgd"), ("ssl", "bestrq", "adamw"), ("ssl", "cpc", "sgd"), ("ssl", "wav2vec2", "sgd"),
+         ("joint", "bestrq", "sgd"), ("joint", "bestrq", "adamw"), ("joint", "cpc", "sgd")]
+ATOL, RTOL = 2e-6, 1e-5
+
+
+def _case_id(case) -> str:
+    return "-".join(case)
+
+
+def _model(loss: str, optim: str):
+    torch.manual_seed(0)
+    # SGD at lr 0.5 moves the parameters by about 1e-3 per element, far above the tolerance.
+    lr = 0.5 if optim == "sgd" else 2e-3
+    cfg = load_config(TINY, ["model.dropout=0.0", f"ssl.loss={loss}", f"optim.name={optim}", f"optim.lr={lr}",
+                             f"optim.clip_grad_norm={CLIP}"])
+    return cfg, CTCModel(cfg, 30, ssl=True)
+
+
+def _batches():
+    g = torch.Generator().manual_seed(0)
+    lab_lens, unl_lens = torch.tensor([120, 90, 150, 60]), torch.tensor([240, 200, 180, 120])
+    lab, unl = torch.randn(4, 150, 80, generator=g), torch.randn(4, 240, 80, generator=g)
+    for feats, lens in ((lab, lab_lens), (unl, unl_lens)):
+        for i, n in enumerate(lens):
+            feats[i, n:] = 0
+    # Unequal token counts (and, for g, masked positions) per half: the update must still be the
+    # single-process one.
+    targets = [[3, 4, 5, 6, 7, 8], [9, 10], [4, 4, 5], [11, 12, 13, 14]]
+    return (lab, lab_lens), (unl, unl_lens), targets
+
+
+def _half(t, rank: int):
+    return t[2 * rank:2 * rank + 2]
+
+
+def _ssl_generator(rank: int) -> torch.Generator:
+    return step_generator(0, 0, rank, stream=2)  # what Run.ssl_loss uses at step 0 on this rank
+
+
+def _groups(opt) -> dict[str, list[torch.Tensor]]:
+    return {g["name"]: g["params"] for g in opt.param_groups}
+
+
+def _finish(model, opt, cfg, kind: str, dist: Dist) -> dict:
+    """Run.step: drop idle groups' gradients, sync the stepping groups, clip each on its own, step."""
+    stepping = {n: ps for n, ps in _groups(opt).items() if n in STEPPING[kind]}
+    for name, params in _groups(opt).items():
+        if name not in stepping:
+            for p in params:
+                p.grad = None
+    sync_gradients([p for ps in stepping.values() for p in ps], dist)
+    norms = {n: float(v) for n, v in clip_groups(stepping, cfg.optim.clip_grad_norm).items()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    opt.step()
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "norms": norms, "grads": grads}
+
+
+def _ddp_step(case, rank: int, dist: Dist) -> dict:
+    """One training step of one process on its half of the global batch, as the methods take it."""
+    kind, loss, optim = case
+    cfg, model = _model(loss, optim)
+    opt = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
+    (lf, ll), (uf, ul), targets = _batches()
+    lab = (_half(lf, rank), _half(ll, rank), _half(targets, rank))
+    unl = (_half(uf, rank), _half(ul, rank))
+    groups = _groups(opt)
+    if kind in ("supervised", "joint"):
+        ctc_objective(model, *lab, dist, CPU, amp=False).backward()
+    if kind in ("ssl", "joint"):
+        g, _ = ssl_objective(model, *unl, _ssl_generator(rank), dist, CPU, amp=False)
+        if kind == "ssl":
+            g.backward()
+        else:
+            add_penalty_gradient(g, groups["theta"], groups["phi"], groups["eta"], weight=GAMMA, eta_weight=1.0)
+    return _finish(model, opt, cfg, kind, dist)
+
+
+def _reference_step(case) -> tuple[dict, dict]:
+    """One process, the whole batch: θ ← ∇θ(f + γg), φ ← ∇φ f, η ← ∇η g, by plain autograd
+    (γ = 1 for an SSL step, no f), then the same clip and optimiser step."""
+    kind, loss, optim = case
+    cfg, model = _model(loss, optim)
+    opt = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
+    (lf, ll), (uf, ul), targets = _batches()
+    groups = _groups(opt)
+    zero = torch.zeros(())
+    f = ctc_objective(model, lf, ll, targets, Dist(), CPU, amp=False) if kind != "ssl" else zero
+    g, counts = zero, []
+    if kind != "supervised":
+        sums = []
+        for rank in (0, 1):
+            loss_sum, count, _ = model.ssl(model.encoder, _half(uf, rank), _half(ul, rank), _ssl_generator(rank))
+            sums.append(loss_sum)
+            counts.append(float(count))
+        g = (sums[0] + sums[1]) / sum(counts)
+    weight = {"supervised": 0.0, "ssl": 1.0, "joint": GAMMA}[kind]
+    upper = groups["theta"] + groups["phi"]
+    for p, d in zip(upper, torch.autograd.grad(f + weight * g, upper, allow_unused=True, retain_graph=True)):
+        p.grad = d
+    if kind != "supervised":
+        for p, d in zip(groups["eta"], torch.autograd.grad(g, groups["eta"], allow_unused=True)):
+            p.grad = d
+    return _finish(model, opt, cfg, kind, Dist()), {"ssl_counts": counts}
+
+
+def _ddp_worker(rank: int, init_file: str, out: str):
+    import torch.distributed as td
+
+    torch.set_num_threads(1)
+    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    results = {_case_id(case): _ddp_step(case, rank, Dist(rank, 2, rank)) for case in CASES}
+    torch.save(results, f"{out}.{rank}")
+    td.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory) -> list[dict]:
+    """Every case's step on 2 gloo processes (one spawn for all), per rank."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_ddp_worker, args=(str(tmp / "init"), str(tmp / "ddp")), nprocs=2, join=True)
+    return [torch.load(tmp / f"ddp.{rank}") for rank in (0, 1)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_two_process_update_equals_one_process(ddp_results, case):
+    ref, info = _reference_step(case)
+    kind = case[0]
+    if kind != "supervised":  # the halves' counts differ, so normalising by the global count matters
+        assert info["ssl_counts"][0] != info["ssl_counts"][1], info
+    assert set(ref["norms"]) == set(STEPPING[kind])
+    assert all(n > CLIP for n in ref["norms"].values()), ref["norms"]  # clipping acts
+    for rank, got in enumerate(ddp_results):
+        got = got[_case_id(case)]
+        assert set(got["norms"]) == set(ref["norms"]), rank
+        for name, n in ref["norms"].items():
+            assert got["norms"][name] == pytest.approx(n, rel=RTOL), (rank, name)
+        assert set(got["grads"]) == set(ref["grads"]), rank
+        for k, v in ref["grads"].items():
+            torch.testing.assert_close(got["grads"][k], v, atol=ATOL, rtol=RTOL, msg=f"rank {rank} grad {k}")
+        for k, v in ref["state"].items():
+            torch.testing.assert_close(got["state"][k], v, atol=ATOL, rtol=RTOL, msg=f"rank {rank} {k}")
+
+
+def test_the_update_moves_the_parameters_well_above_the_tolerance():
+    """Otherwise the equality above would hold for any gradient."""
+    for case in CASES:
+        if case[2] != "sgd":
+            continue
+        cfg, before = _model(*case[1:])
+        after, _ = _reference_step(case)
+        moved = [(after["state"][k] - v).abs().max() for k, v in before.state_dict().items()
+                 if k in after["grads"]]
+        assert max(moved) > 100 * ATOL, case

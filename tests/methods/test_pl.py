@@ -1,0 +1,48 @@
+"""Pseudo-labeling: labels from the LM beam search, and a learning-rate warm-up at every round."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lhotse import CutSet
+
+from bljust.config import load_config
+from bljust.lm import arpa_words, read_text, write_arpa
+from bljust.methods import pl
+from tests.conftest import TINY
+
+
+def _rows(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lm_pseudo_labels_are_lm_words_with_weights_tuned_on_dev(tiny_corpus, tmp_path):
+    arpa = tmp_path / "2gram.arpa"
+    write_arpa(read_text(tiny_corpus / "lm_text.txt"), arpa, 2)
+    vocab = set(arpa_words(arpa))
+    # a high word score makes even a barely trained model's search emit words
+    cfg = load_config(TINY, ["train.max_steps=6", "pl.rounds=1", "pl.seed_fraction=0.5", "pl.decode=lm",
+                             f"decode.lm={arpa}", "decode.lm_weights=[0.5, 1.0]", "decode.word_scores=[4.0, 8.0]",
+                             "pl.min_chars_per_second=0", "pl.max_chars_per_second=1000", "pl.keep_fraction=1.0"])
+    summary = pl.train(cfg, tiny_corpus, tmp_path / "run")
+    stats = summary["pseudo_labels"]["round1"]
+    assert stats["lm_weight"] in (0.5, 1.0) and stats["word_score"] in (4.0, 8.0)
+    cuts = CutSet.from_file(tmp_path / "run" / "pseudo" / "round1_cuts.jsonl.gz")
+    texts = [c.supervisions[0].text for c in cuts]
+    assert texts and all(w in vocab for t in texts for w in t.split())
+
+
+def test_lm_pseudo_labels_need_an_lm(tiny_corpus, tmp_path):
+    with pytest.raises(FileNotFoundError, match="decode.lm"):
+        pl.train(load_config(TINY, ["pl.decode=lm"]), tiny_corpus, tmp_path / "run")
+
+
+def test_every_round_warms_its_learning_rate_up(tiny_corpus, tmp_path):
+    cfg = load_config(TINY, ["train.max_steps=10", "pl.rounds=2", "pl.seed_fraction=0.4", "pl.round_warmup_steps=2",
+                             "optim.warmup_steps=2", "optim.schedule=constant", "pl.min_chars_per_second=0"])
+    pl.train(cfg, tiny_corpus, tmp_path / "run")
+    lr = {r["step"]: r["lr"] for r in _rows(tmp_path / "run") if r["kind"] == "train"}
+    peak = cfg.optim.lr
+    # seed model steps 1-4, round 1 steps 5-7, round 2 steps 8-10: each starts at half the peak
+    assert [lr[s] / peak for s in range(1, 11)] == pytest.approx([0.5, 1, 1, 1, 0.5, 1, 1, 0.5, 1, 1])
