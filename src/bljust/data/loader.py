@@ -123,8 +123,9 @@ def speed_perturbed(cuts: CutSet, factors: list[float]) -> CutSet:
 class AudioDataset(Dataset):
     """lhotse-style map dataset: a CutSet batch in, padded waveforms out.
 
-    Audio that fails to load is dropped from the batch with a logged reason naming the file,
-    so one corrupt file cannot stop a long run.
+    Audio that fails to load is dropped from the batch and listed in ``failed`` as
+    "cut (file): reason", so one corrupt file cannot stop a long run. The consumer logs it: a
+    worker process has no log handlers of the run.
     """
 
     def __getitem__(self, cuts: CutSet) -> dict:
@@ -136,8 +137,7 @@ class AudioDataset(Dataset):
                     raise ValueError(f"empty or malformed audio array of shape {audio.shape}")
             except Exception as e:  # noqa: BLE001 - any decoder error is a per-file skip
                 source = cut.recording.sources[0].source if cut.has_recording else cut.id
-                log.warning("skipping %s (%s): cannot load audio: %s", cut.id, source, e)
-                failed.append(cut.id)
+                failed.append(f"{cut.id} ({source}): {e}")
                 continue
             wavs.append(torch.from_numpy(audio[0]).float())
             ids.append(cut.id)
@@ -150,10 +150,14 @@ class AudioDataset(Dataset):
 
 
 class _SkipSampler(torch.utils.data.Sampler):
-    """Replays a lhotse sampler for one epoch, skipping the batches already consumed."""
+    """Replays a lhotse sampler for one epoch, skipping the batches already consumed.
 
-    def __init__(self, sampler, epoch: int, skip: int):
-        self.sampler, self.epoch, self.skip = sampler, epoch, skip
+    The stream sets ``epoch`` and ``skip`` before each pass; the sampler runs in the main process,
+    so persistent workers see only the batches it yields.
+    """
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch, self.skip = sampler, 0, 0
 
     def __iter__(self):
         self.sampler.set_epoch(self.epoch)
@@ -164,6 +168,10 @@ class BatchStream:
     """An endless, resumable stream of training batches over one split.
 
     ``position`` = (epoch, batches consumed in that epoch) is all that a checkpoint needs.
+    Workers persist across epochs and start from a fork server rather than by forking the
+    trainer: a forked worker copies the trainer's heap (a gigabyte once autocast caches have
+    grown), and a run holds one stream per split. ``close()`` ends them when a phase stops
+    reading the stream; the next batch reopens it where it stopped.
     """
 
     def __init__(self, cuts: CutSet, name: str, *, max_duration: float, num_buckets: int, seed: int,
@@ -178,6 +186,7 @@ class BatchStream:
         self.num_workers = num_workers
         self.epoch = 0
         self.batch_in_epoch = 0
+        self._loader: DataLoader | None = None
         self._it: Iterator | None = None
         self._batches: int | None = None
 
@@ -196,13 +205,27 @@ class BatchStream:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self._it = None
 
+    def close(self) -> None:
+        """Stop the workers (prefetched batches are dropped); the next batch restarts at the same position."""
+        self._it = None
+        if self._loader is not None:
+            it = getattr(self._loader, "_iterator", None)
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+            self._loader = None
+
     def _start_epoch(self) -> Iterator:
-        # Its own generator: a DataLoader draws a worker seed when iterated, and drawing it from
-        # the global RNG would shift dropout masks after a resume.
-        loader = DataLoader(AudioDataset(), sampler=_SkipSampler(self.sampler, self.epoch, self.batch_in_epoch),
-                            batch_size=None, num_workers=self.num_workers, generator=torch.Generator().manual_seed(0),
-                            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
-        return iter(loader)
+        if self._loader is None:
+            workers = self.num_workers
+            # Its own generator: a DataLoader draws a worker seed when iterated, and drawing it from
+            # the global RNG would shift dropout masks after a resume.
+            self._loader = DataLoader(
+                AudioDataset(), sampler=_SkipSampler(self.sampler), batch_size=None, num_workers=workers,
+                generator=torch.Generator().manual_seed(0), persistent_workers=workers > 0,
+                prefetch_factor=4 if workers else None,
+                multiprocessing_context=_worker_context() if workers else None)
+        self._loader.sampler.epoch, self._loader.sampler.skip = self.epoch, self.batch_in_epoch
+        return iter(self._loader)
 
     def __iter__(self):
         return self
@@ -227,9 +250,19 @@ class BatchStream:
             return batch
 
 
+def _worker_context():
+    """A fork server whose workers import only the data loader, not the trainer's memory."""
+    ctx = torch.multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["bljust.data.loader"])
+    return ctx
+
+
 def eval_batches(cuts: CutSet, max_duration: float, num_workers: int = 0) -> Iterator[dict]:
     """One ordered pass over ``cuts`` for evaluation and decoding."""
     sampler = DynamicCutSampler(cuts, max_duration=max_duration, shuffle=False)
     loader = DataLoader(AudioDataset(), sampler=sampler, batch_size=None, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))
-    yield from loader
+    for batch in loader:
+        for failure in batch["failed"]:
+            log.warning("skipping %s: cannot load audio", failure)
+        yield batch

@@ -231,9 +231,11 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                           **{f"ssl_{n}": v for n, v in stats.items()}}
 
             else:  # (c) (θ, φ) -= τ ∇f
-                if b.reset_optimizer_at_finetune and not run.phase_state.get("finetune_started"):
-                    run.optimizer.state.clear()  # fine-tune from fresh moments, as PT+FT does
-                run.phase_state["finetune_started"] = True
+                if not run.phase_state.get("finetune_started"):
+                    if b.reset_optimizer_at_finetune:
+                        run.optimizer.state.clear()  # fine-tune from fresh moments, as PT+FT does
+                    run.close_streams("labeled")
+                    run.phase_state["finetune_started"] = True
                 bl = run.next_batch("labeled")
                 if bl is None:
                     continue

@@ -276,6 +276,8 @@ class Run:
     def next_batch(self, name: str) -> dict | None:
         """The next batch of a stream, or None on every rank when any rank's batch failed to load entirely."""
         batch = next(self.streams[name])
+        for failure in batch["failed"]:
+            log.warning("skipping %s: cannot load audio", failure)
         self.counters.failed_audio += len(batch["failed"])
         if any_rank(not batch["ids"], self.dist, self.device):
             return None
@@ -470,7 +472,14 @@ class Run:
             log.info("done: %s", summary)
         return summary
 
+    def close_streams(self, *keep: str) -> None:
+        """End the loader workers of every stream but ``keep``: call when a phase stops reading them."""
+        for name, stream in self.streams.items():
+            if name not in keep:
+                stream.close()
+
     def close(self) -> None:
+        self.close_streams()
         self.metrics.close()
         if self._log_handler is not None:
             logging.getLogger("bljust").removeHandler(self._log_handler)

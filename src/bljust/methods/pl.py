@@ -69,6 +69,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             stage = max(s for s in range(len(starts) - 1) if starts[s] <= step)
             name = "labeled" if stage == 0 else f"round{stage}"
             if name not in run.streams:
+                run.close_streams()  # the previous stage's stream is never read again
                 run.add_stream(name, run.labeled + pseudo_label(run, unlabeled, stage), seed_offset=stage)
             started = time.time()
             batch = run.next_batch(name)

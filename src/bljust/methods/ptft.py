@@ -48,6 +48,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             if not run.phase_state.get("finetune_started"):
                 run.optimizer.state.clear()  # a fresh optimiser for fine-tuning, as in two separate runs
                 run.phase_state["finetune_started"] = True
+                run.close_streams("labeled")
             batch = run.next_batch("labeled")  # fine-tuning: (θ, φ) -= lr ∇f
             if batch is None:
                 continue
