@@ -124,8 +124,8 @@ class AudioDataset(Dataset):
     """lhotse-style map dataset: a CutSet batch in, padded waveforms out.
 
     Audio that fails to load is dropped from the batch and listed in ``failed`` as
-    "cut (file): reason", so one corrupt file cannot stop a long run. The consumer logs it: a
-    worker process has no log handlers of the run.
+    "cut (file): reason", so one corrupt file cannot stop a long run. BatchStream and eval_batches
+    log it: a worker process has no log handlers of the run.
     """
 
     def __getitem__(self, cuts: CutSet) -> dict:
@@ -247,7 +247,7 @@ class BatchStream:
                 self.batch_in_epoch = 0
                 continue
             self.batch_in_epoch += 1
-            return batch
+            return _logged(batch)
 
 
 def _worker_context():
@@ -263,6 +263,11 @@ def eval_batches(cuts: CutSet, max_duration: float, num_workers: int = 0) -> Ite
     loader = DataLoader(AudioDataset(), sampler=sampler, batch_size=None, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))
     for batch in loader:
-        for failure in batch["failed"]:
-            log.warning("skipping %s: cannot load audio", failure)
-        yield batch
+        yield _logged(batch)
+
+
+def _logged(batch: dict) -> dict:
+    """Log the batch's load failures here, in the trainer's process, where the run's log handlers are."""
+    for failure in batch["failed"]:
+        log.warning("skipping %s: cannot load audio", failure)
+    return batch

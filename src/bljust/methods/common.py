@@ -276,8 +276,6 @@ class Run:
     def next_batch(self, name: str) -> dict | None:
         """The next batch of a stream, or None on every rank when any rank's batch failed to load entirely."""
         batch = next(self.streams[name])
-        for failure in batch["failed"]:
-            log.warning("skipping %s: cannot load audio", failure)
         self.counters.failed_audio += len(batch["failed"])
         if any_rank(not batch["ids"], self.dist, self.device):
             return None
