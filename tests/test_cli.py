@@ -64,13 +64,17 @@ def test_train_evaluate_transcribe(tmp_path, tiny_corpus):
     assert "WER" in r.stdout and "CER" in r.stdout
 
     wavs = [c.recording.sources[0].source for c in load_split(tiny_corpus, "test").subset(first=2)]
-    bad = tmp_path / "bad.wav"
+    bad, nan = tmp_path / "bad.wav", tmp_path / "nan.wav"
     bad.write_bytes(b"junk")
-    r = run("transcribe", str(out), wavs[0], str(bad), wavs[1], check=False)
+    x = sf.read(wavs[0], dtype="float32")[0]
+    x[100] = float("nan")
+    sf.write(nan, x, 16000, subtype="FLOAT")
+    r = run("transcribe", str(out), wavs[0], str(bad), wavs[1], str(nan), check=False)
     assert r.returncode == 1
     lines = r.stdout.splitlines()
     assert [ln.split("\t")[0] for ln in lines] == wavs
     assert str(bad) in r.stderr
+    assert f"{nan}: non-finite samples: 1 of {len(x)} are NaN or inf" in r.stderr
 
     # word-level decoding with an LM estimated from the corpus's LM text
     arpa = tmp_path / "lm.arpa"

@@ -168,9 +168,9 @@ def test_a_killed_compare_resumes_and_matches(passes, tiny_corpus, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["runs"] == []
     r = compare(*args)
     assert r.returncode == 0, r.stderr[-3000:]
-    resumed = [torch.load(tmp_path / "runs" / f"supervised-seed{s}" / "best.pt", weights_only=False)["model"]
+    resumed = [torch.load(tmp_path / "runs" / f"supervised-seed{s}" / "best.pt", weights_only=True)["model"]
                for s in (0, 1)]
-    clean = torch.load(out / "runs" / "supervised-seed0" / "best.pt", weights_only=False)["model"]
+    clean = torch.load(out / "runs" / "supervised-seed0" / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(resumed[0][k], clean[k]) for k in clean)
     assert any(not torch.equal(resumed[0][k], resumed[1][k]) for k in clean)
 

@@ -65,6 +65,24 @@ def cmd_corpus_import(args) -> int:
     return 0
 
 
+def cmd_corpus_check(args) -> int:
+    from bljust.config import load_config
+    from bljust.data.check import check_clean_target, check_corpus, default_jobs, write_clean
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError("--jobs must be at least 1")
+    cfg = load_config(args.config, args.set or [])
+    if args.write_clean:
+        check_clean_target(args.data_dir, args.write_clean)  # before the long read, not after
+    report = check_corpus(args.data_dir, cfg, jobs=args.jobs or default_jobs(), progress=not args.quiet)
+    print(report.format())
+    if args.write_clean:
+        kept = write_clean(report, args.data_dir, args.write_clean)
+        print(f"clean copy: {args.write_clean} ("
+              + ", ".join(f"{split} {n} utterances kept, {d} dropped" for split, (n, d) in kept.items()) + ")")
+    return 0 if report.ok else 1
+
+
 # ---------------------------------------------------------------- training and use
 
 
@@ -105,7 +123,8 @@ def cmd_evaluate(args) -> int:
     greedy = {k: v for k, v in scores.items() if k != "lm"}
     if args.lm:  # the scores asked for are the beam search's; greedy decoding's are kept beside them
         result = {**{k: v for k, v in scores["lm"].items() if k not in ("lm_weight", "word_score")},
-                  "loss": scores["loss"], "greedy": {k: greedy[k] for k in ("wer", "cer")}}
+                  "loss": scores["loss"], "skipped_audio": scores["skipped_audio"],
+                  "greedy": {k: greedy[k] for k in ("wer", "cer")}}
         decoding = (f"lexicon beam search (beam {args.beam_size}) with the LM {args.lm}, LM weight "
                     f"{args.lm_weight:g}, word score {args.word_score:g}")
     else:
@@ -117,6 +136,9 @@ def cmd_evaluate(args) -> int:
     print(f"{split}: WER {100 * result['wer']:.2f}%  CER {100 * result['cer']:.2f}%  "
           f"({result['num_utterances']} utterances, {result['num_words']} words; {result['decoding']}; "
           f"normalisation: {result['normalization']})")
+    if skipped := scores["skipped_audio"]:
+        print(f"{split}: {sum(skipped.values())} utterances skipped for bad audio, not scored ("
+              + ", ".join(f"{n} {reason}" for reason, n in skipped.items()) + "; the log names each file)")
     return 0
 
 
@@ -245,6 +267,27 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz when loaded")
     i.set_defaults(func=cmd_corpus_import)
 
+    c = corpus.add_parser("check", help="read every recording and utterance of a data directory; list what "
+                                         "training cannot use, by reason",
+                          description="Read every audio file of every split and compare it with its manifest, and "
+                                      "put every utterance through the training filter. Prints a table of counts per "
+                                      "split and reason, then every bad file and utterance. Exit code 0: nothing "
+                                      "bad; 1: something bad (also when --write-clean wrote a clean copy); 2: usage "
+                                      "error.")
+    c.add_argument("data_dir", help="a bljust data directory (per split: recordings and supervisions manifests)")
+    c.add_argument("--config", help="YAML config whose data.* duration limits, tokenizer and model decide the "
+                                    "training checks (default: the built-in defaults)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. "
+                                                                        "data.max_utterance_seconds=20")
+    c.add_argument("--jobs", type=int, help="processes reading audio (default: one per CPU core)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--write-clean", metavar="OUT",
+                   help="also write the manifests without the bad recordings and utterances to OUT (a new "
+                        "directory; audio stays where it is). Only manifests are written, which is all training "
+                        "reads: copy other files such as lm_text.txt yourself. The exit code is 1 all the same "
+                        "when anything was bad")
+    c.set_defaults(func=cmd_corpus_check)
+
     t = sub.add_parser("train", help="train a model")
     t.add_argument("--data", required=True, help="data directory (labeled, unlabeled, dev splits)")
     t.add_argument("--out", required=True, help="run directory")
@@ -318,13 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from bljust.checkpoint import UnsafeFileError
     from bljust.config import ConfigError
+    from bljust.training import TrainingFailed
 
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"bljust: error: {e}", file=sys.stderr)
         return 2
+    except (UnsafeFileError, TrainingFailed) as e:
+        print(f"bljust: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ whole into every run directory and checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -358,8 +359,9 @@ class TrainConfig:
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
     amp: bool = True
     """bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX); float32 elsewhere or when off."""
-    max_bad_steps: int = 100
-    """Abort after this many skipped steps with a non-finite loss or gradient (each is logged)."""
+    max_bad_step_fraction: float = 0.02
+    """Stop the run (non-zero exit) once more than this share of its steps were skipped for a non-finite
+    loss or gradient; each skipped step is logged with its batch's cut ids."""
     num_threads: int = 0
     """torch intra-op threads per process (0: leave torch's default)."""
 
@@ -368,6 +370,7 @@ class TrainConfig:
         _check(self.valid_every >= 1 and self.checkpoint_every >= 1 and self.log_every >= 1,
                "train.valid_every, train.checkpoint_every and train.log_every must be >= 1")
         _check(self.keep_last >= 1, "train.keep_last must be >= 1")
+        _check(0 <= self.max_bad_step_fraction <= 1, "train.max_bad_step_fraction must be in [0, 1]")
 
 
 @dataclass
@@ -477,9 +480,17 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+RETIRED = {"train.max_bad_steps": "train.max_bad_step_fraction"}
+"""Keys earlier versions wrote, ignored (with a warning) so that their models and configs still load."""
+
+
 def _from_dict(cls: type, data: dict, where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for key in [k for k in data if f"{where}.{k}" in RETIRED]:
+        logging.getLogger("bljust").warning("config key %s.%s is retired (ignored); see %s", where, key,
+                                            RETIRED[f"{where}.{key}"])
+        data = {k: v for k, v in data.items() if k != key}
     unknown = set(data) - names
     if unknown:
         raise ConfigError(f"unknown config key(s) {sorted(unknown)} in section '{where or 'top level'}'; "

@@ -13,7 +13,7 @@ from pathlib import Path
 import jiwer
 import torch
 
-from bljust.data.loader import eval_batches
+from bljust.data.loader import SkippedAudio, eval_batches
 from bljust.data.text import normalize_transcript
 from bljust.decode import greedy_ctc
 from bljust.models.asr import ctc_loss_sum
@@ -42,11 +42,16 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict:
 
 @torch.no_grad()
 def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: float = 120.0,
-                with_loss: bool = True, num_workers: int = 0, keep_emissions: bool = False, amp: bool = True) -> dict:
+                with_loss: bool = True, num_workers: int = 0, keep_emissions: bool = False, amp: bool = True,
+                skipped: SkippedAudio | None = None) -> dict:
     """Greedy-decode ``cuts``: hypotheses, references, confidences (mean log-posterior of the
     emitted units) and the mean CTC loss per token; with ``keep_emissions`` also each
     utterance's (T, V) log-posteriors on the CPU, for a later LM search. ``amp``: bf16 autocast
-    where the device computes bf16 natively, as in training."""
+    where the device computes bf16 natively, as in training.
+
+    Audio that fails the loader's checks is not decoded (nor scored): it is logged once and counted
+    in ``skipped`` (a fresh one when not given), whose counts are returned as ``skipped_audio``."""
+    skipped = skipped if skipped is not None else SkippedAudio()
     was_training = model.training
     model.eval()
     hyps: dict[str, str] = {}
@@ -54,7 +59,7 @@ def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: floa
     confidence: dict[str, float] = {}
     emissions: dict[str, torch.Tensor] = {}
     loss_sum, loss_tokens = 0.0, 0
-    for batch in eval_batches(cuts, max_duration, num_workers):
+    for batch in eval_batches(cuts, max_duration, num_workers, skipped=skipped):
         if not batch["ids"]:
             continue
         wav, wav_lens = batch["wav"].to(device), batch["wav_lens"].to(device)
@@ -76,7 +81,7 @@ def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: floa
                 loss_tokens += sum(len(t) for t in targets)
     model.train(was_training)
     out = {"hyps": hyps, "refs": refs, "confidence": confidence,
-           "loss": loss_sum / max(loss_tokens, 1) if loss_tokens else float("nan")}
+           "loss": loss_sum / max(loss_tokens, 1) if loss_tokens else float("nan"), "skipped_audio": skipped.counts()}
     if keep_emissions:
         out["emissions"] = emissions
     return out
@@ -176,7 +181,7 @@ def evaluate_run(run: str | Path, data: str | Path, splits: Sequence[str] = ("te
         d = decode_cuts(model, tokenizer, cuts, torch.device(device), max_duration=max_duration,
                         keep_emissions=decoder is not None, amp=cfg.train.amp)
         write_hypotheses(out_dir / f"{split}.hyp.txt", d)
-        out[split] = {**scores_with_groups(d, cuts), "loss": d["loss"]}
+        out[split] = {**scores_with_groups(d, cuts), "loss": d["loss"], "skipped_audio": d["skipped_audio"]}
         if decoder is None:
             continue
         if chosen is None:

@@ -52,6 +52,9 @@ def read_audio(path: str | Path) -> np.ndarray:
         raise ValueError(f"cannot read audio: {e}") from e
     if audio.shape[0] == 0:
         raise ValueError("the file holds no samples")
+    if not np.isfinite(audio).all():  # NaN or inf would reach the features and decode to garbage
+        bad = int(audio.size - np.isfinite(audio).sum())
+        raise ValueError(f"non-finite samples: {bad} of {audio.size} are NaN or inf")
     audio = audio.mean(axis=1)
     if sr != SAMPLE_RATE:
         from scipy.signal import resample_poly

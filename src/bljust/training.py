@@ -27,6 +27,10 @@ from bljust.data.features import spec_augment
 log = logging.getLogger("bljust.train")
 
 
+class TrainingFailed(RuntimeError):
+    """A run that cannot train (e.g. too many skipped steps); its message says why, naming the data."""
+
+
 # ---------------------------------------------------------------- processes and devices
 
 
@@ -203,8 +207,17 @@ class MetricsLogger:
             return
         if resume_step and self.path.exists():
             # Records past the checkpoint came from the killed run and are about to be redone.
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            kept = []
+            for ln in self.path.read_text().splitlines():
+                if not ln.strip():
+                    continue
+                try:
+                    record = json.loads(ln)
+                except json.JSONDecodeError:  # a kill in the middle of a write leaves half a line
+                    log.warning("%s: dropped an unreadable (truncated) line: %.80s", self.path, ln)
+                    continue
+                if record.get("step", 0) <= resume_step:
+                    kept.append(ln)
             self.path.write_text("".join(ln + "\n" for ln in kept))
         elif not resume_step:
             self.path.write_text("")

@@ -368,3 +368,15 @@ def test_held_out_unlabeled_utterances_are_fixed_and_never_trained_on(tiny_corpu
     total = sum(c.duration for c in cuts)
     assert 0.2 * total <= sum(c.duration for c in held) < 0.2 * total + max(c.duration for c in cuts)
     assert len(hold_out(cuts, 0.2, 0.0)[1]) == 0 and len(hold_out(cuts, 0.0, 1e9)[1]) == 0
+
+
+def test_broken_unlabeled_and_labeled_audio_never_reaches_a_joint_step(tiny_corpus, tmp_path):
+    """Bad files in labeled, unlabeled (exploration, joint steps, held-out g) and dev: each skipped and counted
+    once, no step lost to a non-finite loss."""
+    from tests.broken import AUDIO_REASONS, make_broken_corpus
+
+    make_broken_corpus(tiny_corpus, tmp_path / "data")
+    cfg = load_config(TINY, ["train.max_steps=16", "train.valid_every=8"])
+    summary = bljust.train(cfg, tmp_path / "data", tmp_path / "run")
+    assert summary["bad_steps"] == 0 and summary["steps"] == 16 and summary["unlabeled_batches"] >= 10
+    assert summary["skipped_audio"] == {reason: 3 for reason in AUDIO_REASONS.values()}

@@ -137,12 +137,25 @@ def _reference_step(case) -> tuple[dict, dict]:
     return _finish(model, opt, cfg, kind, Dist()), {"ssl_counts": counts}
 
 
+def _skip_step(rank: int) -> list[dict]:
+    """Run.skip_step on each rank, as ``Run.step`` calls it when any rank's step is non-finite."""
+    from types import SimpleNamespace
+
+    from bljust.methods.common import Counters, Run
+
+    run = SimpleNamespace(counters=Counters(step=6), cfg=load_config(TINY), total_steps=100, dist=Dist(rank, 2, rank),
+                          _step_ids=[f"cut-{rank}-a", f"cut-{rank}-b"], bad_batches=[])
+    Run.skip_step(run)
+    return run.bad_batches
+
+
 def _ddp_worker(rank: int, init_file: str, out: str):
     import torch.distributed as td
 
     torch.set_num_threads(1)
     td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     results = {_case_id(case): _ddp_step(case, rank, Dist(rank, 2, rank)) for case in CASES}
+    results["skip"] = _skip_step(rank)
     torch.save(results, f"{out}.{rank}")
     td.destroy_process_group()
 
@@ -185,3 +198,8 @@ def test_the_update_moves_the_parameters_well_above_the_tolerance():
         moved = [(after["state"][k] - v).abs().max() for k, v in before.state_dict().items()
                  if k in after["grads"]]
         assert max(moved) > 100 * ATOL, case
+
+
+def test_a_skipped_step_names_the_batches_of_every_rank(ddp_results):
+    expected = [{"step": 7, "ids": ["cut-0-a", "cut-0-b", "cut-1-a", "cut-1-b"]}]
+    assert ddp_results[0]["skip"] == expected and ddp_results[1]["skip"] == expected

@@ -64,7 +64,7 @@ def test_torchrun_two_processes(tiny_corpus, tmp_path):
     assert len(state["rng"]) == 2
 
 
-def test_non_finite_loss_skips_the_step_and_counts_it(tiny_corpus, tmp_path, monkeypatch):
+def test_non_finite_loss_skips_the_step_and_names_its_batch(tiny_corpus, tmp_path, monkeypatch):
     import bljust.methods.common as common
 
     real, calls = common.ctc_loss_sum, {"n": 0}
@@ -75,31 +75,70 @@ def test_non_finite_loss_skips_the_step_and_counts_it(tiny_corpus, tmp_path, mon
         return loss * float("inf") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(common, "ctc_loss_sum", sometimes_inf)
-    summary = supervised.train(load_config(TINY, ["train.max_steps=4"]), tiny_corpus, tmp_path / "run")
+    cfg = load_config(TINY, ["train.max_steps=4", "train.max_bad_step_fraction=0.25"])
+    summary = supervised.train(cfg, tiny_corpus, tmp_path / "run")
     assert summary["bad_steps"] == 1 and summary["steps"] == 4
     state = load(tmp_path / "run" / "checkpoints" / "step-0000004.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    skipped = state["bad_batches"]
+    assert [b["step"] for b in skipped] == [2] and skipped[0]["ids"]
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert f"step 2 skipped: non-finite loss or gradient; its batch: {' '.join(skipped[0]['ids'])}" in log_text
 
 
-def test_unreadable_audio_mid_run_is_skipped_and_counted(tiny_corpus, tmp_path):
-    import shutil
+def test_a_run_that_cannot_train_stops_and_names_the_batches(tiny_corpus, tmp_path, monkeypatch):
+    """More than max_bad_step_fraction of the steps skipped: a non-zero exit naming the cut ids, not a quiet 'done'."""
+    import bljust.methods.common as common
+    from bljust.training import TrainingFailed
 
-    from lhotse import RecordingSet
-    from lhotse.utils import fastcopy
+    monkeypatch.setattr(common, "ctc_loss_sum", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    cfg = load_config(TINY, ["train.max_steps=40", "train.max_bad_step_fraction=0.05"])
+    with pytest.raises(TrainingFailed, match=r"3 of 3 steps so far skipped.*step 1: \S+") as e:
+        supervised.train(cfg, tiny_corpus, tmp_path / "run")
+    ids = {c.id for c in load_split(tiny_corpus, "labeled")}
+    named = re.findall(r"step \d+: ([^;]+)", str(e.value))
+    assert len(named) == 3 and all(set(n.split()) <= ids for n in named)
+    assert not (tmp_path / "run" / "summary.json").exists()
 
-    data = tmp_path / "data"
-    shutil.copytree(tiny_corpus, data)
-    labeled = load_split(data, "labeled")
-    recs, sups = labeled.decompose()[:2]
-    broken = tmp_path / "broken.flac"
-    broken.write_bytes(b"this is not audio")  # passed the import checks once, then got corrupted
-    first = recs[0]
-    bad = fastcopy(first, sources=[fastcopy(first.sources[0], source=str(broken))])
-    write_split(data, "labeled", RecordingSet.from_recordings([bad, *list(recs)[1:]]), sups)
-    cfg = load_config(TINY, ["train.max_steps=30", "train.valid_every=100"])
-    summary = supervised.train(cfg, data, tmp_path / "run")
-    assert summary["steps"] == 30 and summary["failed_audio"] >= 1
-    assert "broken.flac" in (tmp_path / "run" / "train.log").read_text()
+
+def test_broken_audio_of_every_kind_is_skipped_named_once_and_counted(tiny_corpus, tmp_path):
+    """The issue's data directory: NaN/inf, empty, unreadable, short and missing files in every split, and an
+    utterance infeasible for CTC through its repeats. The run trains on the rest with no non-finite step."""
+    from tests.broken import AUDIO_REASONS, make_broken_corpus
+
+    expected = make_broken_corpus(tiny_corpus, tmp_path / "data")
+    r = subprocess.run([sys.executable, "-m", "bljust", "train", "--data", str(tmp_path / "data"),
+                        "--out", str(tmp_path / "run"), "--config", str(TINY), "--set", "train.max_steps=24",
+                        "--set", "train.valid_every=8"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["bad_steps"] == 0 and summary["steps"] == 24
+    # labeled (trained on, more than one pass) and dev (validated on three times): each file once
+    assert summary["skipped_audio"] == {reason: 2 for reason in AUDIO_REASONS.values()}
+    assert summary["dropped_utterances"] == {"more tokens than encoder frames": 1}
+    assert summary["labeled_passes"] > 1.5
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    for path, reason in expected.items():
+        if "/labeled-" in path or "/dev-" in path:
+            assert log_text.count(f"skipping audio {path} ") == 1, path
+            assert re.search(re.escape(f"skipping audio {path} ") + r".*: " + reason, log_text), path
+    state = load(tmp_path / "run" / "checkpoints" / "step-0000024.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+    # evaluate names the bad files too and scores the rest
+    r = subprocess.run([sys.executable, "-m", "bljust", "evaluate", str(tmp_path / "run"), "--data",
+                        str(tmp_path / "data"), "--split", "test"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for kind in AUDIO_REASONS:
+        assert f"test-{kind}.wav" in r.stderr
+    result = json.loads((tmp_path / "run" / "eval" / "test.json").read_text())
+    assert result["skipped_audio"] == {reason: 1 for reason in AUDIO_REASONS.values()}
+    assert result["num_utterances"] == len(load_split(tiny_corpus, "test"))
+    assert "5 utterances skipped" in r.stdout
 
 
 def test_speed_perturbation_adds_resampled_copies_of_the_labeled_split(tiny_corpus, tmp_path, caplog):
@@ -122,7 +161,7 @@ def test_speed_perturbation_adds_resampled_copies_of_the_labeled_split(tiny_corp
     for name, sp in (("plain", "[]"), ("perturbed", "[0.9, 1.1]")):
         caplog.clear()
         cfg = load_config(TINY, ["train.max_steps=2", f"data.speed_perturb={sp}"])
-        assert supervised.train(cfg, tiny_corpus, tmp_path / name)["failed_audio"] == 0
+        assert supervised.train(cfg, tiny_corpus, tmp_path / name)["skipped_audio"] == {}
         epochs[name] = int(re.search(r"labeled: [0-9.]+ h, one epoch = (\d+) batches", caplog.text).group(1))
     assert 2.5 * epochs["plain"] <= epochs["perturbed"] <= 3.5 * epochs["plain"], epochs
     from bljust.config import ConfigError

@@ -26,7 +26,7 @@ from bljust.methods import METHOD_SECTIONS
 
 log = logging.getLogger("bljust.compare")
 
-KEY_VERSION = 5  # bump when a config default or the training code changes what a run produces
+KEY_VERSION = 6  # bump when a config default or the training code changes what a run produces
 _METHOD_ONLY = {section for sections in METHOD_SECTIONS.values() for section in sections}
 
 

@@ -13,11 +13,15 @@ import copy
 import hashlib
 import itertools
 import logging
+import os
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
+import soundfile as sf
 import torch
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
@@ -25,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bljust.data.features import num_frames
 from bljust.data.manifests import SAMPLE_RATE, cut_text
+from bljust.training import TrainingFailed
 
 log = logging.getLogger("bljust.data")
 
@@ -53,18 +58,34 @@ class FilterReport:
         return "\n".join(lines)
 
 
+def ctc_frames_needed(ids: list[int]) -> int:
+    """The fewest output frames CTC needs for ``ids``: one per unit, plus a blank between repeats."""
+    return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
+
+
 def filter_cuts(cuts: CutSet, split: str, *, min_seconds: float, max_seconds: float,
-                tokenizer=None, output_frames: Callable[[int], int] | None = None) -> tuple[CutSet, FilterReport]:
+                tokenizer=None, output_frames: Callable[[int], int] | None = None,
+                skipped: SkippedAudio | None = None) -> tuple[CutSet, FilterReport]:
     """Drop utterances that cannot train, each with a logged reason.
 
-    With a tokenizer, the cut needs a transcript that maps to known units, and no more units
-    than encoder output frames (CTC's loss is infinite otherwise).
+    A missing or empty audio file is found here, by its size, before any reason that trusts the
+    manifest; it goes to ``skipped`` (logged once per file) when given. With a tokenizer, the cut
+    needs a transcript that maps to known units, and enough encoder output frames for CTC (one per
+    unit plus one per repeated unit; CTC's loss is infinite otherwise). The rest of the audio
+    checks need the samples and happen where audio is loaded (``load_checked``).
     """
     report = FilterReport(split)
     kept = []
+    sizes: dict[str, int | None] = {}
     for cut in cuts:
         reason = None
-        if cut.duration < min_seconds:
+        problem = _file_problem(cut, sizes)
+        if problem is not None:
+            if skipped is not None:
+                skipped.record(problem)
+                continue
+            reason = f"{problem.reason}: {problem.file}"
+        elif cut.duration < min_seconds:
             reason = f"too short: {cut.duration:.2f} s < {min_seconds} s"
         elif cut.duration > max_seconds:
             reason = f"too long: {cut.duration:.2f} s > {max_seconds} s"
@@ -75,10 +96,12 @@ def filter_cuts(cuts: CutSet, split: str, *, min_seconds: float, max_seconds: fl
             elif not tokenizer.can_encode(text):
                 reason = f"transcript has units the tokenizer does not know: {text!r}"
             elif output_frames is not None:
-                n_tok = len(tokenizer.encode(text))
-                n_frames = output_frames(int(num_frames(cut.num_samples or round(cut.duration * SAMPLE_RATE))))
-                if n_tok > n_frames:
-                    reason = f"more tokens than encoder frames: {n_tok} tokens > {n_frames} frames"
+                ids = tokenizer.encode(text)
+                needed = ctc_frames_needed(ids)
+                n_frames = output_frames(int(num_frames(round(cut.duration * SAMPLE_RATE))))
+                if needed > n_frames:
+                    reason = (f"more tokens than encoder frames: {len(ids)} tokens and {needed - len(ids)} repeats "
+                              f"need {needed} frames > {n_frames}")
         if reason is None:
             kept.append(cut)
             report.kept += 1
@@ -120,24 +143,142 @@ def speed_perturbed(cuts: CutSet, factors: list[float]) -> CutSet:
     return CutSet.from_cuts(out)
 
 
+@dataclass(frozen=True)
+class AudioProblem:
+    """Why one utterance's audio cannot be used: ``reason`` is a short category (the key counted in a
+    run's ``skipped_audio``), ``detail`` the specifics."""
+
+    cut_id: str
+    file: str
+    reason: str
+    detail: str = ""
+
+
+class BadAudio(Exception):
+    def __init__(self, problem: AudioProblem):
+        super().__init__(f"{problem.file}: {problem.reason}" + (f" ({problem.detail})" if problem.detail else ""))
+        self.problem = problem
+
+
+def _source(cut) -> tuple[str, str | None]:
+    """(name of the cut's audio for messages, path when it is a local file)."""
+    if not cut.has_recording:
+        return cut.id, None
+    src = cut.recording.sources[0]
+    return str(src.source), (str(src.source) if src.type == "file" else None)
+
+
+def _file_problem(cut, sizes: dict | None = None) -> AudioProblem | None:
+    """A missing or empty audio file, found by its size alone (``sizes`` caches one stat per file)."""
+    name, path = _source(cut)
+    if path is None:
+        return None
+    sizes = {} if sizes is None else sizes
+    if path not in sizes:
+        try:
+            sizes[path] = os.path.getsize(path)
+        except OSError:
+            sizes[path] = None
+    if sizes[path] is None:
+        return AudioProblem(cut.id, name, "missing file")
+    if sizes[path] == 0:
+        return AudioProblem(cut.id, name, "empty file", f"0 bytes where the manifest declares {cut.duration:.2f} s")
+    return None
+
+
+def _file_samples(path: str | None) -> str:
+    if path is None:
+        return "a different number"
+    try:
+        info = sf.info(path)
+    except Exception:  # noqa: BLE001 - only used to word a message
+        return "a different number"
+    return f"{info.frames} samples at {info.samplerate} Hz"
+
+
+def load_checked(cut) -> np.ndarray:
+    """The cut's audio, (channels, samples) float32, or ``BadAudio`` saying why it cannot be used.
+
+    Checked here, where training, evaluation and decoding all load audio: the file exists, is not
+    empty and decodes; its sample count agrees with the manifest (lhotse's own check, within its
+    tolerance); it holds samples; every sample is finite, so NaN or inf never reach features.
+    """
+    name, path = _source(cut)
+    if (problem := _file_problem(cut)) is not None:
+        raise BadAudio(problem)
+    try:
+        audio = cut.load_audio()
+    except Exception as e:  # noqa: BLE001 - any decoder error is a per-file skip
+        msg = str(e)
+        if "diverged" in msg:  # lhotse's DurationMismatch: the manifest and the file disagree
+            declared = cut.recording.num_samples if cut.has_recording else cut.num_samples
+            raise BadAudio(AudioProblem(cut.id, name, "sample count mismatch",
+                                        f"the manifest declares {declared} samples at {cut.sampling_rate} Hz, the "
+                                        f"file holds {_file_samples(path)}")) from e
+        m = re.search(r"Error opening [^:]*: ([^\n|]+)", msg)
+        detail = m.group(1).strip() if m else (msg.splitlines() or [type(e).__name__])[0][:200]
+        raise BadAudio(AudioProblem(cut.id, name, "unreadable", detail)) from e
+    if audio.ndim != 2 or audio.shape[1] == 0:
+        raise BadAudio(AudioProblem(cut.id, name, "no samples", f"decoded to an array of shape {audio.shape}"))
+    finite = np.isfinite(audio)
+    if not finite.all():
+        raise BadAudio(AudioProblem(cut.id, name, "non-finite samples",
+                                    f"{int(finite.size - finite.sum())} of {finite.size} samples are NaN or inf"))
+    return audio
+
+
+class SkippedAudio:
+    """The audio a run skipped: each file logged once, with its reason, and every later hit only counted.
+
+    One per run (checkpointed, so a resumed run does not log a file again) or per evaluation.
+    """
+
+    def __init__(self):
+        self.files: dict[str, str] = {}
+        """file (or cut id) → reason"""
+        self.hits = 0
+
+    def record(self, problem: AudioProblem | dict) -> None:
+        p = problem if isinstance(problem, AudioProblem) else AudioProblem(**problem)
+        self.hits += 1
+        if p.file in self.files:
+            return
+        self.files[p.file] = p.reason
+        log.warning("skipping audio %s (utterance %s): %s%s (logged once; later uses are only counted)",
+                    p.file, p.cut_id, p.reason, f": {p.detail}" if p.detail else "")
+
+    def take(self, batch: dict) -> dict:
+        """Record a loaded batch's failures (in the trainer's process, where the run's log handlers are)."""
+        for failure in batch["failed"]:
+            self.record(failure)
+        return batch
+
+    def counts(self) -> dict[str, int]:
+        """Skipped files by reason."""
+        return dict(sorted(Counter(self.files.values()).items()))
+
+    def state_dict(self) -> dict:
+        return {"files": dict(self.files), "hits": self.hits}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.files, self.hits = dict(state["files"]), int(state["hits"])
+
+
 class AudioDataset(Dataset):
     """lhotse-style map dataset: a CutSet batch in, padded waveforms out.
 
-    Audio that fails to load is dropped from the batch and listed in ``failed`` as
-    "cut (file): reason", so one corrupt file cannot stop a long run. BatchStream and eval_batches
-    log it: a worker process has no log handlers of the run.
+    Audio that fails ``load_checked`` is dropped from the batch and listed in ``failed`` (as
+    ``AudioProblem`` fields), so one bad file cannot stop a long run or poison a batch; a
+    ``SkippedAudio`` in the trainer's process logs it: a worker has no log handlers of the run.
     """
 
     def __getitem__(self, cuts: CutSet) -> dict:
         wavs, ids, texts, durations, failed = [], [], [], [], []
         for cut in cuts:
             try:
-                audio = cut.load_audio()
-                if audio.ndim != 2 or audio.shape[1] == 0:
-                    raise ValueError(f"empty or malformed audio array of shape {audio.shape}")
-            except Exception as e:  # noqa: BLE001 - any decoder error is a per-file skip
-                source = cut.recording.sources[0].source if cut.has_recording else cut.id
-                failed.append(f"{cut.id} ({source}): {e}")
+                audio = load_checked(cut)
+            except BadAudio as e:
+                failed.append(vars(e.problem).copy())
                 continue
             wavs.append(torch.from_numpy(audio[0]).float())
             ids.append(cut.id)
@@ -176,19 +317,25 @@ class BatchStream:
 
     def __init__(self, cuts: CutSet, name: str, *, max_duration: float, num_buckets: int, seed: int,
                  shuffle: bool = True, world_size: int = 1, rank: int = 0, num_workers: int = 0,
-                 buffer_size: int = 20000):
+                 buffer_size: int = 20000, skipped: SkippedAudio | None = None):
         self.name = name
+        self.skipped = skipped if skipped is not None else SkippedAudio()
         self.seconds = sum(c.duration for c in cuts)
-        self.sampler = DynamicBucketingSampler(
-            cuts, max_duration=max_duration, num_buckets=min(num_buckets, max(1, len(cuts) // 2)),
-            shuffle=shuffle, drop_last=False, seed=seed, world_size=world_size, rank=rank,
-            buffer_size=buffer_size)
+        buckets = min(num_buckets, len(cuts) // 2)
+        if buckets >= 2:
+            self.sampler = DynamicBucketingSampler(
+                cuts, max_duration=max_duration, num_buckets=buckets, shuffle=shuffle, drop_last=False, seed=seed,
+                world_size=world_size, rank=rank, buffer_size=buffer_size)
+        else:  # lhotse's bucketing needs two buckets at least
+            self.sampler = DynamicCutSampler(cuts, max_duration=max_duration, shuffle=shuffle, drop_last=False,
+                                             seed=seed, world_size=world_size, rank=rank)
         self.num_workers = num_workers
         self.epoch = 0
         self.batch_in_epoch = 0
         self._loader: DataLoader | None = None
         self._it: Iterator | None = None
         self._batches: int | None = None
+        self._loaded: int | None = None  # utterances loaded in an epoch this process read from its start
 
     def batches_per_epoch(self) -> int:
         """Batches in one pass for this process, counted by replaying the sampler (no audio is read)."""
@@ -234,6 +381,7 @@ class BatchStream:
         empty_epochs = 0
         while True:
             if self._it is None:
+                self._loaded = 0 if self.batch_in_epoch == 0 else None
                 self._it = self._start_epoch()
             try:
                 batch = next(self._it)
@@ -242,12 +390,18 @@ class BatchStream:
                     empty_epochs += 1
                     if empty_epochs > 1:
                         raise RuntimeError(f"the '{self.name}' split yields no batches for this process")
+                elif self._loaded == 0:
+                    raise TrainingFailed(f"no audio of the '{self.name}' split could be loaded in a whole pass; "
+                                       f"skipped files by reason: {self.skipped.counts()} (see the log, or run "
+                                       f"'bljust corpus check')")
                 self._it = None
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 continue
             self.batch_in_epoch += 1
-            return _logged(batch)
+            if self._loaded is not None:
+                self._loaded += len(batch["ids"])
+            return self.skipped.take(batch)
 
 
 def _worker_context():
@@ -257,17 +411,12 @@ def _worker_context():
     return ctx
 
 
-def eval_batches(cuts: CutSet, max_duration: float, num_workers: int = 0) -> Iterator[dict]:
-    """One ordered pass over ``cuts`` for evaluation and decoding."""
+def eval_batches(cuts: CutSet, max_duration: float, num_workers: int = 0,
+                 skipped: SkippedAudio | None = None) -> Iterator[dict]:
+    """One ordered pass over ``cuts`` for evaluation and decoding; bad audio goes to ``skipped``."""
+    skipped = skipped if skipped is not None else SkippedAudio()
     sampler = DynamicCutSampler(cuts, max_duration=max_duration, shuffle=False)
     loader = DataLoader(AudioDataset(), sampler=sampler, batch_size=None, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))
     for batch in loader:
-        yield _logged(batch)
-
-
-def _logged(batch: dict) -> dict:
-    """Log the batch's load failures here, in the trainer's process, where the run's log handlers are."""
-    for failure in batch["failed"]:
-        log.warning("skipping %s: cannot load audio", failure)
-    return batch
+        yield skipped.take(batch)

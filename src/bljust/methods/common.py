@@ -30,7 +30,7 @@ from lhotse import CutSet
 
 from bljust.checkpoint import CheckpointManager, atomic_save, rng_state, set_rng_state
 from bljust.config import Config, to_dict
-from bljust.data.loader import BatchStream, eval_batches, filter_cuts, hold_out, speed_perturbed
+from bljust.data.loader import BatchStream, SkippedAudio, eval_batches, filter_cuts, hold_out, speed_perturbed
 from bljust.data.manifests import cut_text, load_split
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state, train_tokenizer
 from bljust.evaluate import decode_cuts, score
@@ -39,6 +39,7 @@ from bljust.models.asr import CTCModel, ctc_loss_sum
 from bljust.training import (
     Dist,
     MetricsLogger,
+    TrainingFailed,
     all_reduce_sum,
     any_rank,
     autocast,
@@ -150,7 +151,6 @@ class Counters:
     best: float = math.inf
     best_step: int = 0
     bad_steps: int = 0
-    failed_audio: int = 0
     train_seconds: float = 0.0
     labeled_seconds: float = 0.0
     unlabeled_seconds: float = 0.0
@@ -177,6 +177,13 @@ class Run:
         seed_everything(cfg.train.seed)
 
         # Units come from the checkpoint on resume: retraining SentencePiece could renumber them.
+        self.skipped = SkippedAudio()  # every bad audio file the run met, logged once each
+        if self.state is not None:
+            self.skipped.load_state_dict(self.state["skipped_audio"])
+        self.dropped: dict[str, int] = {}  # utterances the filters dropped, by reason (all splits)
+        self.bad_batches: list[dict] = [] if self.state is None else list(self.state["bad_batches"])
+        self._step_ids: list[str] = []  # the cut ids of the step being taken
+        self.total_steps = 0
         self.labeled, dev = load_split(self.data_dir, "labeled"), load_split(self.data_dir, "dev")
         if self.state is not None:
             self.tokenizer: Tokenizer = tokenizer_from_state(self.state["tokenizer"])
@@ -189,7 +196,8 @@ class Run:
         self.dev = dev.filter(lambda c: bool(cut_text(c))).to_eager()
         if cfg.features.normalize == "global" and self.state is None:
             sample = self.labeled.subset(first=min(len(self.labeled), 500))
-            self.model.frontend.set_global_stats((b["wav"], b["wav_lens"]) for b in eval_batches(sample, 120.0))
+            self.model.frontend.set_global_stats((b["wav"], b["wav_lens"])
+                                                 for b in eval_batches(sample, 120.0, skipped=self.skipped))
 
         self.streams: dict[str, BatchStream] = {}
         self.heldout = CutSet.from_cuts([])  # unlabeled utterances no method trains on (load_unlabeled)
@@ -212,9 +220,13 @@ class Run:
 
     def filter(self, cuts: CutSet, split: str, labeled: bool) -> CutSet:
         d = self.cfg.data
-        kept, _ = filter_cuts(cuts, split, min_seconds=d.min_utterance_seconds,
-                              max_seconds=min(d.max_utterance_seconds, d.max_duration),
-                              tokenizer=self.tokenizer if labeled else None, output_frames=self.model.output_frames)
+        kept, report = filter_cuts(cuts, split, min_seconds=d.min_utterance_seconds,
+                                   max_seconds=min(d.max_utterance_seconds, d.max_duration),
+                                   tokenizer=self.tokenizer if labeled else None,
+                                   output_frames=self.model.output_frames, skipped=self.skipped)
+        for _, reason in report.dropped:
+            key = reason.split(":")[0]
+            self.dropped[key] = self.dropped.get(key, 0) + 1
         return kept
 
     def load_unlabeled(self) -> CutSet:
@@ -233,7 +245,8 @@ class Run:
         d = self.cfg.data
         stream = BatchStream(cuts, name, max_duration=d.max_duration, num_buckets=d.num_buckets,
                              seed=self.cfg.train.seed + seed_offset, world_size=self.dist.world_size,
-                             rank=self.dist.rank, num_workers=d.num_workers, buffer_size=d.buffer_size)
+                             rank=self.dist.rank, num_workers=d.num_workers, buffer_size=d.buffer_size,
+                             skipped=self.skipped)
         if self.state is not None and name in self.state["streams"]:
             stream.load_state_dict(self.state["streams"][name])
         self.streams[name] = stream
@@ -254,6 +267,7 @@ class Run:
 
     def start(self, total_steps: int) -> None:
         """Restore the RNG (last, after everything that draws from it was built) and print the plan."""
+        self.total_steps = total_steps
         if self.state is not None:
             set_rng_state(self.state["rng"][self.dist.rank])
             log.info("resumed from step %d", self.counters.step)
@@ -276,9 +290,10 @@ class Run:
     def next_batch(self, name: str) -> dict | None:
         """The next batch of a stream, or None on every rank when any rank's batch failed to load entirely."""
         batch = next(self.streams[name])
-        self.counters.failed_audio += len(batch["failed"])
         if any_rank(not batch["ids"], self.dist, self.device):
+            self._step_ids = []
             return None
+        self._step_ids += batch["ids"]
         seconds = batch["seconds"]
         if name.startswith("unlabeled"):
             self.counters.unlabeled_seconds += seconds
@@ -338,12 +353,29 @@ class Run:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if not ok:
-            self.counters.bad_steps += 1
-            log.warning("step %d skipped: non-finite loss or gradient", self.counters.step + 1)
-            if self.counters.bad_steps > self.cfg.train.max_bad_steps:
-                raise RuntimeError(f"more than {self.cfg.train.max_bad_steps} non-finite steps; the data or the "
-                                   f"learning rate is broken (see {self.run_dir / 'train.log'})")
+            self.skip_step()
         return ok, {f"grad_norm_{name}": v for name, v in values.items()}
+
+    def skip_step(self) -> None:
+        """Count and log a step skipped for a non-finite loss or gradient, naming its batch's utterances; stop
+        the run once more than ``train.max_bad_step_fraction`` of its steps are lost."""
+        c, limit = self.counters, self.cfg.train.max_bad_step_fraction * max(self.total_steps, 1)
+        c.bad_steps += 1
+        ids = list(self._step_ids)
+        if self.dist.enabled:  # every rank skips together (see step), so every rank joins this gather
+            every = [None] * self.dist.world_size
+            torch_dist.all_gather_object(every, ids)
+            ids = [i for rank_ids in every for i in rank_ids]
+        log.warning("step %d skipped: non-finite loss or gradient; its batch: %s", c.step + 1, " ".join(ids))
+        if len(self.bad_batches) < 20:
+            self.bad_batches.append({"step": c.step + 1, "ids": ids})
+        if c.bad_steps > limit:
+            shown = "; ".join(f"step {b['step']}: {' '.join(b['ids'])}" for b in self.bad_batches)
+            raise TrainingFailed(
+                f"{c.bad_steps} of {c.step + 1} steps so far skipped for a non-finite loss or gradient, more than "
+                f"train.max_bad_step_fraction={self.cfg.train.max_bad_step_fraction} of the run's {self.total_steps} "
+                f"steps: the data or the learning rate is broken ('bljust corpus check' reads every file). Skipped "
+                f"batches (cut ids): {shown}")
 
     def after_step(self, train_values: dict, phase: str = "", started: float | None = None,
                    decode: bool = True) -> None:
@@ -351,6 +383,7 @@ class Run:
         CTC head is untrained), checkpoint, as configured."""
         c, t = self.counters, self.cfg.train
         c.step += 1
+        self._step_ids = []
         if started is not None:
             c.train_seconds += time.time() - started
         self.bar.update(1)
@@ -388,7 +421,8 @@ class Run:
             values = self.heldout_g() if self.model.ssl is not None and len(self.heldout) else {}
             if decode:
                 result = score(decode_cuts(self.model, self.tokenizer, self.dev, self.device,
-                                           max_duration=self.cfg.data.max_duration * 2, amp=self.cfg.train.amp))
+                                           max_duration=self.cfg.data.max_duration * 2, amp=self.cfg.train.amp,
+                                           skipped=self.skipped))
                 values.update({k: result[k] for k in ("loss", "wer", "cer")})
                 log.info("step %d dev: loss %.3f WER %.2f%% CER %.2f%%", c.step, result["loss"],
                          100 * result["wer"], 100 * result["cer"])
@@ -410,7 +444,7 @@ class Run:
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0.0
-        for i, batch in enumerate(eval_batches(self.heldout, self.cfg.data.max_duration)):
+        for i, batch in enumerate(eval_batches(self.heldout, self.cfg.data.max_duration, skipped=self.skipped)):
             if not batch["ids"]:
                 continue
             feats, lens = make_features(self.model, batch, self.device, train=False, cfg=self.cfg)
@@ -434,6 +468,7 @@ class Run:
                 "method": self.method, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "streams": {n: s.state_dict() for n, s in self.streams.items()}, "rng": rngs,
                 "counters": vars(self.counters).copy(), "phase_state": self.phase_state,
+                "skipped_audio": self.skipped.state_dict(), "bad_batches": self.bad_batches,
                 "config": to_dict(self.cfg), "tokenizer": self.tokenizer.state_dict()})
         barrier(self.dist)
 
@@ -456,7 +491,8 @@ class Run:
         summary = {
             "method": self.method, "steps": c.step, "best_step": c.best_step,
             f"best_dev_{self.cfg.train.best_metric}": c.best, "bad_steps": c.bad_steps,
-            "failed_audio": c.failed_audio, "parameters": count_parameters(self.model),
+            "skipped_audio": self.skipped.counts(), "skipped_audio_loads": self.skipped.hits,
+            "dropped_utterances": dict(sorted(self.dropped.items())), "parameters": count_parameters(self.model),
             "inference_parameters": sum(p.numel() for n, p in self.model.named_parameters() if not n.startswith("ssl.")),
             "train_seconds": c.train_seconds,
             "labeled_hours_processed": c.labeled_seconds * w / 3600,

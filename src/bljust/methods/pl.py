@@ -114,7 +114,7 @@ def transcribe_unlabeled(run: Run, unlabeled: CutSet, chunk: int = 500) -> dict:
 
     def decode(cuts, emissions: bool) -> dict:
         return decode_cuts(run.model, run.tokenizer, cuts, device, max_duration=cfg.data.max_duration * 2,
-                           with_loss=False, keep_emissions=emissions, amp=cfg.train.amp)
+                           with_loss=False, keep_emissions=emissions, amp=cfg.train.amp, skipped=run.skipped)
 
     if cfg.pl.decode == "greedy":
         return decode(unlabeled, False)
