@@ -63,6 +63,33 @@ def ctc_frames_needed(ids: list[int]) -> int:
     return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
 
 
+def training_reason(cut, *, min_seconds: float | None, max_seconds: float | None, needs_text: bool,
+                    tokenizer=None, output_frames: Callable[[int], int] | None = None) -> tuple[str, str] | None:
+    """(reason, detail) for a cut that cannot train under these settings (its audio aside), else None.
+
+    The rules of ``filter_cuts``, one utterance at a time, for ``bljust corpus check`` too.
+    """
+    if min_seconds is not None and cut.duration < min_seconds:
+        return "too short", f"{cut.duration:.2f} s < {min_seconds} s"
+    if max_seconds is not None and cut.duration > max_seconds:
+        return "too long", f"{cut.duration:.2f} s > {max_seconds} s"
+    text = cut_text(cut)
+    if needs_text and not text:
+        return "no transcript", ""
+    if tokenizer is None or not text:
+        return None
+    if not tokenizer.can_encode(text):
+        return "transcript has units the tokenizer does not know", repr(text)
+    if output_frames is not None:
+        ids = tokenizer.encode(text)
+        needed = ctc_frames_needed(ids)
+        n_frames = output_frames(int(num_frames(round(cut.duration * SAMPLE_RATE))))
+        if needed > n_frames:
+            return "more tokens than encoder frames", (f"{len(ids)} tokens and {needed - len(ids)} repeats need "
+                                                       f"{needed} frames > {n_frames}")
+    return None
+
+
 def filter_cuts(cuts: CutSet, split: str, *, min_seconds: float, max_seconds: float,
                 tokenizer=None, output_frames: Callable[[int], int] | None = None,
                 skipped: SkippedAudio | None = None) -> tuple[CutSet, FilterReport]:
@@ -78,30 +105,16 @@ def filter_cuts(cuts: CutSet, split: str, *, min_seconds: float, max_seconds: fl
     kept = []
     sizes: dict[str, int | None] = {}
     for cut in cuts:
-        reason = None
         problem = _file_problem(cut, sizes)
+        if problem is not None and skipped is not None:
+            skipped.record(problem)
+            continue
         if problem is not None:
-            if skipped is not None:
-                skipped.record(problem)
-                continue
             reason = f"{problem.reason}: {problem.file}"
-        elif cut.duration < min_seconds:
-            reason = f"too short: {cut.duration:.2f} s < {min_seconds} s"
-        elif cut.duration > max_seconds:
-            reason = f"too long: {cut.duration:.2f} s > {max_seconds} s"
-        elif tokenizer is not None:
-            text = cut_text(cut)
-            if not text:
-                reason = "no transcript"
-            elif not tokenizer.can_encode(text):
-                reason = f"transcript has units the tokenizer does not know: {text!r}"
-            elif output_frames is not None:
-                ids = tokenizer.encode(text)
-                needed = ctc_frames_needed(ids)
-                n_frames = output_frames(int(num_frames(round(cut.duration * SAMPLE_RATE))))
-                if needed > n_frames:
-                    reason = (f"more tokens than encoder frames: {len(ids)} tokens and {needed - len(ids)} repeats "
-                              f"need {needed} frames > {n_frames}")
+        else:
+            found = training_reason(cut, min_seconds=min_seconds, max_seconds=max_seconds,
+                                    needs_text=tokenizer is not None, tokenizer=tokenizer, output_frames=output_frames)
+            reason = None if found is None else ": ".join(x for x in found if x)
         if reason is None:
             kept.append(cut)
             report.kept += 1
@@ -196,12 +209,28 @@ def _file_samples(path: str | None) -> str:
     return f"{info.frames} samples at {info.samplerate} Hz"
 
 
+def _rate_problem(cut, name: str, path: str | None) -> AudioProblem | None:
+    """A plain local file (read by lhotse as it is) whose header rate is not the manifest's."""
+    rec = cut.recording if cut.has_recording else None
+    if path is None or rec is None or rec.transforms or len(rec.sources) != 1 or path.lower().endswith(".opus"):
+        return None
+    try:
+        rate = sf.info(path).samplerate
+    except Exception:  # noqa: BLE001 - a format only lhotse's other backends read
+        return None
+    if rate == rec.sampling_rate:
+        return None
+    return AudioProblem(cut.id, name, "sample rate mismatch",
+                        f"the file is {rate} Hz, the manifest declares {rec.sampling_rate} Hz")
+
+
 def load_checked(cut) -> np.ndarray:
     """The cut's audio, (channels, samples) float32, or ``BadAudio`` saying why it cannot be used.
 
     Checked here, where training, evaluation and decoding all load audio: the file exists, is not
     empty and decodes; its sample count agrees with the manifest (lhotse's own check, within its
-    tolerance); it holds samples; every sample is finite, so NaN or inf never reach features.
+    tolerance); it holds samples, on the channels and at the rate the manifest declares; every
+    sample is finite, so NaN or inf never reach features.
     """
     name, path = _source(cut)
     if (problem := _file_problem(cut)) is not None:
@@ -210,6 +239,8 @@ def load_checked(cut) -> np.ndarray:
         audio = cut.load_audio()
     except Exception as e:  # noqa: BLE001 - any decoder error is a per-file skip
         msg = str(e)
+        if "diverged" in msg and (problem := _rate_problem(cut, name, path)) is not None:
+            raise BadAudio(problem) from e
         if "diverged" in msg:  # lhotse's DurationMismatch: the manifest and the file disagree
             declared = cut.recording.num_samples if cut.has_recording else cut.num_samples
             raise BadAudio(AudioProblem(cut.id, name, "sample count mismatch",
@@ -220,6 +251,12 @@ def load_checked(cut) -> np.ndarray:
         raise BadAudio(AudioProblem(cut.id, name, "unreadable", detail)) from e
     if audio.ndim != 2 or audio.shape[1] == 0:
         raise BadAudio(AudioProblem(cut.id, name, "no samples", f"decoded to an array of shape {audio.shape}"))
+    if audio.shape[0] != len(cut.channel if isinstance(cut.channel, list) else [cut.channel]):
+        raise BadAudio(AudioProblem(cut.id, name, "channel mismatch", f"the file has {audio.shape[0]} channel(s), "
+                                    f"the manifest declares {cut.recording.sources[0].channels}"))
+    if (problem := _rate_problem(cut, name, path)) is not None:
+        # lhotse reads the file at its own rate: with agreeing sample counts it would train at the wrong speed
+        raise BadAudio(problem)
     finite = np.isfinite(audio)
     if not finite.all():
         raise BadAudio(AudioProblem(cut.id, name, "non-finite samples",

@@ -47,7 +47,12 @@ def load_split(data_dir: str | Path, split: str) -> CutSet:
     supervisions = SupervisionSet.from_file(sup_path)
     cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
     # One cut per segment: trims recordings that hold several utterances (e.g. long TED talks).
-    return cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
+    try:
+        return cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
+    except (AssertionError, ValueError) as e:  # e.g. a supervision outside its recording, or on a missing channel
+        raise ValueError(f"cannot cut the '{split}' split of {data_dir} into utterances ({e or type(e).__name__}); "
+                         f"'bljust corpus check {data_dir}' names the bad supervisions and --write-clean drops "
+                         f"them") from e
 
 
 def cut_text(cut) -> str | None:
