@@ -128,14 +128,15 @@ class CheckpointManager:
             old.unlink(missing_ok=True)
         return path
 
-    def load_latest(self) -> dict | None:
-        """The newest readable checkpoint; an unreadable one is reported and the previous tried.
-
-        Temporary files of writes that a kill interrupted are removed here.
-        """
+    def remove_leftovers(self) -> None:
+        """Remove the temporary files of writes that a kill interrupted (never a finished checkpoint)."""
         for tmp in [*self.dir.glob(".step-*.pt.tmp-*"), *self.dir.parent.glob(".best.pt.tmp-*")]:
             log.info("removing %s, left by a checkpoint write that was interrupted", tmp)
             tmp.unlink(missing_ok=True)
+
+    def load_latest(self) -> dict | None:
+        """The newest readable checkpoint; an unreadable one is reported and the previous tried."""
+        self.remove_leftovers()
         for path in reversed(self.paths()):
             try:
                 return load(path)

@@ -218,7 +218,9 @@ class MetricsLogger:
                     continue
                 if record.get("step", 0) <= resume_step:
                     kept.append(ln)
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            tmp = self.path.with_name(".metrics.jsonl.tmp")  # a kill here must not lose the kept records
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            tmp.replace(self.path)
         elif not resume_step:
             self.path.write_text("")
         from torch.utils.tensorboard import SummaryWriter
@@ -247,7 +249,7 @@ def setup_run_dir(run_dir: Path, cfg: Config, dist: Dist, resume: bool) -> loggi
     """
     handler = None
     if dist.is_main:
-        if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        if not resume and any((run_dir / "checkpoints").glob("step-*.pt")):
             raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
                                   f"or choose another --out")
         run_dir.mkdir(parents=True, exist_ok=True)

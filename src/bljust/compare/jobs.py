@@ -154,8 +154,8 @@ def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: lis
 def check_reusable(jobs: list[Job]) -> None:
     """Refuse to mix runs of other settings into this comparison (they would be resumed or reported)."""
     for j in jobs:
-        spec = j.run_dir / "job.json"
-        if spec.is_file() and json.loads(spec.read_text()).get("key") != j.key:
+        spec = read_json(j.run_dir / "job.json")
+        if spec is not None and spec.get("key") != j.key:
             raise ValueError(f"{j.run_dir} holds a run with other settings (config, data, budget, budget rule or "
                              f"seed changed); use a new --out directory or delete that run")
 
@@ -219,7 +219,7 @@ def start_job(job: Job, spec_common: dict) -> None:
             "settings": job.settings, "key": job.key, "budget": job.budget, "budget_rule": job.rule,
             "threads": job.threads, "device": "cpu" if job.device == "cpu" else "cuda"}
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    (job.run_dir / "job.json").write_text(json.dumps(spec, indent=2))
+    write_json(job.run_dir / "job.json", spec)
     with open(job.log_path, "ab") as logf:
         job.proc = subprocess.Popen([sys.executable, "-m", "bljust.compare", "job", str(job.run_dir / "job.json")],
                                     stdout=logf, stderr=subprocess.STDOUT, env=env)
