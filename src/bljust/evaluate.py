@@ -13,7 +13,8 @@ from pathlib import Path
 import jiwer
 import torch
 
-from bljust.data.loader import SkippedAudio, eval_batches
+from bljust.data.audio import SkippedAudio
+from bljust.data.loader import eval_batches
 from bljust.data.text import normalize_transcript
 from bljust.decode import greedy_ctc
 from bljust.models.asr import ctc_loss_sum

@@ -16,7 +16,8 @@ from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, Sup
 from bljust.cli import main
 from bljust.config import load_config
 from bljust.data.check import CheckReport, check_corpus, check_recording, write_clean
-from bljust.data.loader import BadAudio, SkippedAudio, filter_cuts, load_checked
+from bljust.data.audio import BadAudio, SkippedAudio, load_checked
+from bljust.data.loader import filter_cuts
 from bljust.data.manifests import SAMPLE_RATE, SPLITS, load_split, manifest_paths, write_split
 from bljust.data.tokenizer import CharTokenizer
 from bljust.models.asr import CTCModel

@@ -78,7 +78,7 @@ def broken(tiny_corpus, tmp_path_factory):
 
 
 def test_every_kind_of_bad_audio_is_refused_with_its_reason(broken):
-    from bljust.data.loader import BadAudio, load_checked
+    from bljust.data.audio import BadAudio, load_checked
     from tests.broken import AUDIO_REASONS
 
     data, expected = broken
@@ -110,7 +110,8 @@ def test_a_batch_keeps_its_good_utterances_and_lists_the_bad(broken):
 
 
 def test_skipped_audio_logs_each_file_once_and_counts_every_hit(broken, caplog):
-    from bljust.data.loader import SkippedAudio, eval_batches
+    from bljust.data.audio import SkippedAudio
+    from bljust.data.loader import eval_batches
 
     data, _ = broken
     skipped = SkippedAudio()
@@ -134,7 +135,8 @@ def test_skipped_audio_logs_each_file_once_and_counts_every_hit(broken, caplog):
 
 def test_the_filter_names_missing_and_empty_files_before_trusting_the_manifest(broken):
     from bljust.config import load_config
-    from bljust.data.loader import SkippedAudio, filter_cuts
+    from bljust.data.audio import SkippedAudio
+    from bljust.data.loader import filter_cuts
     from bljust.data.manifests import cut_text
     from bljust.data.tokenizer import train_tokenizer
     from bljust.models.asr import CTCModel

@@ -44,7 +44,8 @@ from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, Supervis
 from lhotse.audio.utils import get_audio_duration_mismatch_tolerance
 
 from bljust.config import Config
-from bljust.data.loader import BadAudio, load_checked, training_reason
+from bljust.data.audio import BadAudio, load_checked
+from bljust.data.loader import training_reason
 from bljust.data.manifests import SPLITS, has_split, manifest_paths, write_split
 
 BLOCK_FRAMES = 1 << 18

@@ -30,7 +30,8 @@ from lhotse import CutSet
 
 from bljust.checkpoint import CheckpointManager, atomic_save, rng_state, set_rng_state
 from bljust.config import Config, to_dict
-from bljust.data.loader import BatchStream, SkippedAudio, eval_batches, filter_cuts, hold_out, speed_perturbed
+from bljust.data.audio import SkippedAudio
+from bljust.data.loader import BatchStream, eval_batches, filter_cuts, hold_out, speed_perturbed
 from bljust.data.manifests import cut_text, load_split
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state, train_tokenizer
 from bljust.evaluate import decode_cuts, score
