@@ -57,6 +57,14 @@ def atomic_save(obj, path: str | Path) -> None:
             tmp.unlink()
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a small text file (config, job spec, metrics) through a temporary name: a kill leaves the old or the new."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _die_mid_write(obj, f) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)

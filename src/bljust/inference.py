@@ -11,6 +11,7 @@ import torch
 
 from bljust.checkpoint import load
 from bljust.config import Config, config_from_dict
+from bljust.data.audio import non_finite_detail
 from bljust.data.manifests import SAMPLE_RATE
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state
 from bljust.decode import greedy_ctc
@@ -52,9 +53,8 @@ def read_audio(path: str | Path) -> np.ndarray:
         raise ValueError(f"cannot read audio: {e}") from e
     if audio.shape[0] == 0:
         raise ValueError("the file holds no samples")
-    if not np.isfinite(audio).all():  # NaN or inf would reach the features and decode to garbage
-        bad = int(audio.size - np.isfinite(audio).sum())
-        raise ValueError(f"non-finite samples: {bad} of {audio.size} are NaN or inf")
+    if (detail := non_finite_detail(audio)) is not None:  # NaN or inf would decode to garbage
+        raise ValueError(f"non-finite samples: {detail}")
     audio = audio.mean(axis=1)
     if sr != SAMPLE_RATE:
         from scipy.signal import resample_poly

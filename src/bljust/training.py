@@ -21,6 +21,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor
 
+from bljust.checkpoint import atomic_write_text
 from bljust.config import Config, OptimConfig, dump_config
 from bljust.data.features import spec_augment
 
@@ -218,9 +219,7 @@ class MetricsLogger:
                     continue
                 if record.get("step", 0) <= resume_step:
                     kept.append(ln)
-            tmp = self.path.with_name(".metrics.jsonl.tmp")  # a kill here must not lose the kept records
-            tmp.write_text("".join(ln + "\n" for ln in kept))
-            tmp.replace(self.path)
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))  # a kill here keeps the records
         elif not resume_step:
             self.path.write_text("")
         from torch.utils.tensorboard import SummaryWriter

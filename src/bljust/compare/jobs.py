@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bljust.checkpoint import atomic_write_text
 from bljust.compare.budget import method_settings, stream_batches
 from bljust.config import Config, load_config, to_dict
 from bljust.methods import METHOD_SECTIONS
@@ -82,10 +83,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Write through a temporary file: a killed process never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    """Written whole or not at all: a killed process never leaves half a file."""
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 # ------------------------------------------------------------------ run keys

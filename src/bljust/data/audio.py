@@ -8,6 +8,7 @@ details). ``SkippedAudio`` logs each bad file once per run and counts every hit.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -73,19 +74,34 @@ def _file_samples(path: str | None) -> str:
     return f"{info.frames} samples at {info.samplerate} Hz"
 
 
+@functools.lru_cache(maxsize=None)
+def _header_rate(path: str) -> int | None:
+    """A file's sample rate from its header, read once per file and process (not once per epoch)."""
+    try:
+        return sf.info(path).samplerate
+    except Exception:  # noqa: BLE001 - a format only lhotse's other backends read
+        return None
+
+
+def rate_detail(file_rate: int, declared: int) -> str:
+    return f"the file is {file_rate} Hz, the manifest declares {declared} Hz"
+
+
+def non_finite_detail(samples: np.ndarray) -> str | None:
+    """How many samples are NaN or inf, or None when all are finite."""
+    bad = int(samples.size - np.count_nonzero(np.isfinite(samples)))
+    return f"{bad} of {samples.size} are NaN or inf" if bad else None
+
+
 def _rate_problem(cut, name: str, path: str | None) -> AudioProblem | None:
     """A plain local file (read by lhotse as it is) whose header rate is not the manifest's."""
     rec = cut.recording if cut.has_recording else None
     if path is None or rec is None or rec.transforms or len(rec.sources) != 1 or path.lower().endswith(".opus"):
         return None
-    try:
-        rate = sf.info(path).samplerate
-    except Exception:  # noqa: BLE001 - a format only lhotse's other backends read
+    rate = _header_rate(path)
+    if rate is None or rate == rec.sampling_rate:
         return None
-    if rate == rec.sampling_rate:
-        return None
-    return AudioProblem(cut.id, name, "sample rate mismatch",
-                        f"the file is {rate} Hz, the manifest declares {rec.sampling_rate} Hz")
+    return AudioProblem(cut.id, name, "sample rate mismatch", rate_detail(rate, rec.sampling_rate))
 
 
 def load_checked(cut) -> np.ndarray:
@@ -97,11 +113,12 @@ def load_checked(cut) -> np.ndarray:
     sample is finite, so NaN or inf never reach features.
     """
     name, path = _source(cut)
-    if (problem := file_problem(cut)) is not None:
-        raise BadAudio(problem)
     try:
         audio = cut.load_audio()
     except Exception as e:  # noqa: BLE001 - any decoder error is a per-file skip
+        # Classified once it failed: no stat of a good file on the loader's hot path.
+        if (problem := file_problem(cut)) is not None:
+            raise BadAudio(problem) from e
         msg = str(e)
         if "diverged" in msg and (problem := _rate_problem(cut, name, path)) is not None:
             raise BadAudio(problem) from e
@@ -121,10 +138,8 @@ def load_checked(cut) -> np.ndarray:
     if (problem := _rate_problem(cut, name, path)) is not None:
         # lhotse reads the file at its own rate: with agreeing sample counts it would train at the wrong speed
         raise BadAudio(problem)
-    finite = np.isfinite(audio)
-    if not finite.all():
-        raise BadAudio(AudioProblem(cut.id, name, "non-finite samples",
-                                    f"{int(finite.size - finite.sum())} of {finite.size} samples are NaN or inf"))
+    if (detail := non_finite_detail(audio)) is not None:
+        raise BadAudio(AudioProblem(cut.id, name, "non-finite samples", detail))
     return audio
 
 

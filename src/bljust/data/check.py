@@ -44,7 +44,7 @@ from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, Supervis
 from lhotse.audio.utils import get_audio_duration_mismatch_tolerance
 
 from bljust.config import Config
-from bljust.data.audio import BadAudio, load_checked
+from bljust.data.audio import BadAudio, file_problem, load_checked, rate_detail
 from bljust.data.loader import training_reason
 from bljust.data.manifests import SPLITS, has_split, manifest_paths, write_split
 
@@ -196,18 +196,14 @@ def check_recording(rec: Recording) -> tuple[str, str] | None:
     path = _plain_file(rec)
     if path is None:
         return _through_lhotse(rec)
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return "missing file", ""
-    if size == 0:
-        return "empty file", f"0 bytes where the manifest declares {rec.duration:.2f} s"
+    if (problem := file_problem(rec.to_cut())) is not None:
+        return problem.reason, problem.detail
     try:
         info = sf.info(path)
     except Exception:  # noqa: BLE001 - perhaps a format only lhotse's other backends read (m4a...)
         return _through_lhotse(rec)
     if info.samplerate != rec.sampling_rate:
-        return "sample rate mismatch", f"the file is {info.samplerate} Hz, the manifest declares {rec.sampling_rate} Hz"
+        return "sample rate mismatch", rate_detail(info.samplerate, rec.sampling_rate)
     declared = rec.sources[0].channels
     if info.channels != len(declared):
         return "channel mismatch", f"the file has {info.channels} channel(s), the manifest declares channels {declared}"
@@ -216,7 +212,7 @@ def check_recording(rec: Recording) -> tuple[str, str] | None:
         # Read to the end rather than trust the header: a truncated or corrupt file fails here, as in training.
         for block in sf.blocks(path, blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
             frames += len(block)
-            bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+            bad += block.size - np.count_nonzero(np.isfinite(block))
     except Exception as e:  # noqa: BLE001 - any decoder error
         return "unreadable", f"decoding failed after {frames} samples: {e}"[:200]
     allowed = int(np.ceil(get_audio_duration_mismatch_tolerance() * rec.sampling_rate))
@@ -226,7 +222,7 @@ def check_recording(rec: Recording) -> tuple[str, str] | None:
     if frames == 0:
         return "no samples", "the file holds 0 samples"
     if bad:
-        return "non-finite samples", f"{bad} of {frames * info.channels} samples are NaN or inf"
+        return "non-finite samples", f"{bad} of {frames * info.channels} are NaN or inf"
     return None
 
 

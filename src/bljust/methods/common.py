@@ -169,8 +169,8 @@ class Run:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.ckpts = CheckpointManager(self.run_dir, cfg.train.keep_last)
-        if self.dist.is_main:
-            self.ckpts.remove_leftovers()
+        if self.dist.is_main and not resume:
+            self.ckpts.remove_leftovers()  # load_latest does it when resuming
         self.state = self.ckpts.load_latest() if resume else None
         if resume and self.state is None:
             log.warning("--resume: no checkpoint in %s, starting from scratch", self.run_dir)
