@@ -39,3 +39,15 @@ def test_recipes_load():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_retired_key_is_ignored_with_a_warning(caplog):
+    """Models and configs written before train.max_bad_steps was replaced still load."""
+    import logging
+
+    from bljust.config import config_from_dict
+
+    with caplog.at_level(logging.WARNING, logger="bljust"):
+        cfg = config_from_dict({"train": {"max_bad_steps": 100, "max_steps": 7}})
+    assert cfg.train.max_steps == 7 and cfg.train.max_bad_step_fraction == 0.02
+    assert "train.max_bad_steps is retired" in caplog.text

@@ -168,3 +168,13 @@ def test_speed_perturbation_adds_resampled_copies_of_the_labeled_split(tiny_corp
 
     with pytest.raises(ConfigError, match="speed_perturb"):
         load_config(TINY, ["data.speed_perturb=[1.0]"])
+
+
+def test_a_fresh_start_is_not_blocked_by_a_write_a_kill_interrupted(tiny_corpus, tmp_path):
+    """A run killed inside its first checkpoint write leaves only a temp file: not a checkpoint to refuse
+    to overwrite (compare restarts such a job without --resume), and removed at the start."""
+    leftover = tmp_path / "run" / "checkpoints" / ".step-0000002.pt.tmp-12345"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a checkpoint")
+    summary = supervised.train(load_config(TINY, ["train.max_steps=2"]), tiny_corpus, tmp_path / "run")
+    assert summary["steps"] == 2 and not leftover.exists()
