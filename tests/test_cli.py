@@ -106,8 +106,9 @@ def test_bad_config_is_a_clear_error(tmp_path, tiny_corpus):
 
 
 def test_demo_with_tiny_recipe(tmp_path, tiny_corpus):
-    """The demo runs compare: all five methods, the headline table and the report (tests/test_compare.py
-    runs compare itself under both budget rules; the demo takes the option too)."""
+    """The demo runs compare: all five methods and the topline (the corpus has unlabeled_text), the headline
+    table and the report (tests/test_compare.py runs compare itself under both budget rules; the demo takes the
+    option too)."""
     r = run("demo", "--data", str(tiny_corpus), "--out", str(tmp_path / "demo"), "--config", str(TINY),
             "--budget", "4", "--budget-rule", "labeled", "--no-progress")
     assert "budget: 4 labeled updates per run (labeled rule)" in r.stdout
@@ -115,7 +116,8 @@ def test_demo_with_tiny_recipe(tmp_path, tiny_corpus):
         assert f"| {name} | 1 |" in r.stdout
     assert (tmp_path / "demo" / "report.html").is_file()
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert len(results["runs"]) == 5 and results["failed"] == [] and results["budget"]["budget_rule"] == "labeled"
+    assert {r["method"] for r in results["runs"]} == {"supervised", "ptft", "just", "pl", "bljust", "topline"}
+    assert results["failed"] == [] and results["budget"]["budget_rule"] == "labeled"
 
 
 def test_method_choices_come_from_the_registry():

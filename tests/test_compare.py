@@ -109,7 +109,7 @@ def test_rerun_reuses_finished_runs(passes, tiny_corpus):
     before = {p: p.stat().st_mtime_ns for p in records}
     r = compare("--data", str(tiny_corpus), "--out", str(out), *ALL, *ARGS)  # passes is the default rule
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stderr.count("reused") == 5 and "started" not in r.stderr
+    assert r.stderr.count("reused") == 5 + 6 and "started" not in r.stderr  # the runs, then the probes
     assert {p: p.stat().st_mtime_ns for p in records} == before
 
 
@@ -365,3 +365,158 @@ def test_the_last_wave_of_cpu_jobs_shares_the_cores_instead_of_leaving_one_idle(
     assert max(waves(3, 1)) == 1
     # Every job of a wave runs on one thread; only a job alone on a machine gets all the cores.
     assert cpu_threads(2, 2, 3) == 1 and cpu_threads(2, 2, 1) == 2
+
+
+# ------------------------------------------------------------------ linear probes, test_unseen and the topline
+
+
+def test_every_encoder_is_probed_beside_a_random_init_one(passes):
+    out, _ = passes
+    results = json.loads((out / "results.json").read_text())
+    for run in results["runs"]:
+        record = json.loads((out / "probes" / f"{run['method']}-seed0" / "record.json").read_text())
+        assert run["probe"]["cer"] == record["dev"]["cer"] and run["probe"]["model"] == record["model"]
+        assert record["model"].endswith(f"runs/{run['method']}-seed0/best.pt") and record["encoder"] == "trained"
+        assert record["train"]["loss_end"] < record["train"]["loss_start"]
+    base = results["probe"]["random-init"]  # borrows supervised's architecture, units and feature statistics
+    assert base["model"].endswith("runs/supervised-seed0/best.pt") and 0 <= base["cer"]
+    assert results["probe"]["settings"]["steps"] == 300 and results["probe"]["settings"]["random_init"] is False
+    section = (out / "report.md").read_text().split("## Linear probe dev CER")[1].split("\n## ")[0]
+    assert "| random init | 1 |" in section and "| BL-JUST | 1 |" in section
+
+
+def _corpus(src, dst, optional: bool):
+    """``src``'s four splits (linked), and with ``optional`` a test_unseen and an unlabeled_text split: ``src``'s
+    own, or made here (test_unseen: a copy of test; unlabeled_text: the unlabeled split with the transcripts that
+    utterances.tsv keeps) when ``src`` was made before corpora carried them."""
+    import dataclasses
+
+    from lhotse import SupervisionSet
+
+    from bljust.data.manifests import OPTIONAL_SPLITS, SPLITS, has_split, load_split, manifest_paths, write_split
+    from bljust.data.text import normalize_transcript
+
+    dst.mkdir()
+    for split in (*SPLITS, *(OPTIONAL_SPLITS if optional else ())):
+        if has_split(src, split):
+            for path in manifest_paths(src, split):
+                (dst / path.name).symlink_to(path)
+    (dst / "lm_text.txt").symlink_to(src / "lm_text.txt")
+    if optional and not has_split(dst, "test_unseen"):
+        recordings, supervisions, _ = load_split(src, "test").decompose()
+        write_split(dst, "test_unseen", recordings, supervisions)
+    if optional and not has_split(dst, "unlabeled_text"):
+        rows = [line.split("\t") for line in (src / "utterances.tsv").read_text().splitlines()[1:]]
+        texts = {row[0]: normalize_transcript(row[-1]) for row in rows}  # as the synthesiser writes transcripts
+        recordings, supervisions, _ = load_split(src, "unlabeled").decompose()
+        write_split(dst, "unlabeled_text", recordings,
+                    SupervisionSet.from_segments(dataclasses.replace(s, text=texts[s.id]) for s in supervisions))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def topline(tiny_corpus, tmp_path_factory):
+    """supervised and the topline, seed 0, on a corpus with test_unseen and unlabeled_text."""
+    data = _corpus(tiny_corpus, tmp_path_factory.mktemp("optional") / "data", optional=True)
+    out = tmp_path_factory.mktemp("compare-topline")
+    r = compare("--data", str(data), "--out", str(out), "--methods", "supervised,topline", "--seeds", "1", *ARGS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return data, out
+
+
+def test_topline_trains_supervised_on_every_transcript_and_test_unseen_is_scored(topline):
+    data, out = topline
+    results = json.loads((out / "results.json").read_text())
+    validate_results(results)
+    runs = {run["method"]: run for run in results["runs"]}
+    assert set(runs) == {"supervised", "topline"} and {"test_unseen", "unlabeled_text"} <= set(results["corpus"])
+    top, sup = runs["topline"], runs["supervised"]
+    assert top["settings"] == sup["settings"] + ['data.labeled_splits=["labeled", "unlabeled_text"]']
+    assert top["batch_passes"] == top["labeled_batches"] == BUDGET and top["unlabeled_batches"] == 0
+    # the same budget over a larger labeled set: fewer passes over it
+    assert top["labeled_hours"] / top["labeled_passes"] > sup["labeled_hours"] / sup["labeled_passes"]
+    assert load_config(out / "runs" / "topline-seed0" / "config.yaml").data.labeled_splits == ["labeled",
+                                                                                             "unlabeled_text"]
+    for run in runs.values():  # decoded once, greedily and with the LM, as test is
+        assert set(run["test_unseen"]["groups"]) and "lm" in run["test_unseen"]
+        assert run["test_unseen"]["lm"]["lm_weight"] == run["dev"]["lm"]["lm_weight"]
+        assert (out / run["run_dir"] / "eval" / "test_unseen.hyp.txt").is_file()
+        assert 0 <= run["probe"]["cer"]
+    # the random-init probe borrows supervised's units and statistics, never the topline's
+    assert results["probe"]["random-init"]["model"].endswith("runs/supervised-seed0/best.pt")
+    markdown = (out / "report.md").read_text()
+    assert "test_unseen CER %" in markdown and "| supervised − topline (points) |" in markdown
+    assert "test and test_unseen evaluated once" in results["selection"]
+
+
+def test_a_rerun_reuses_the_topline_and_the_probes(topline):
+    data, out = topline
+    r = compare("--data", str(data), "--out", str(out), "--methods", "supervised,topline", "--seeds", "1", *ARGS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("reused") == 2 + 3 and "started" not in r.stderr
+
+
+def test_the_topline_is_run_by_default_when_the_corpus_has_the_transcripts(tiny_corpus, tmp_path):
+    from bljust.compare import comparison_methods
+
+    plain = _corpus(tiny_corpus, tmp_path / "plain", optional=False)
+    optional = _corpus(tiny_corpus, tmp_path / "optional", optional=True)
+    assert comparison_methods(plain, None) == list(METHOD_NAMES)
+    assert comparison_methods(optional, None) == [*METHOD_NAMES, "topline"]
+    assert comparison_methods(optional, ["bljust"]) == ["bljust"]
+    with pytest.raises(FileNotFoundError, match=r"no 'unlabeled_text' split \(missing .*unlabeled_text_recordings"):
+        comparison_methods(plain, ["supervised", "topline"])
+    with pytest.raises(ValueError, match="unknown method"):
+        comparison_methods(plain, ["toplines"])
+
+
+def test_a_corpus_that_gains_test_unseen_rescores_its_runs_without_retraining(tiny_corpus, tmp_path):
+    from bljust.data.manifests import load_split, write_split
+
+    data = _corpus(tiny_corpus, tmp_path / "data", optional=False)
+    before = plan_jobs(load_config(TINY), data, tmp_path, ["supervised", "topline"], [0], 4)
+    write_split(data, "test_unseen", *load_split(tiny_corpus, "test").decompose()[:2])
+    after = plan_jobs(load_config(TINY), data, tmp_path, ["supervised", "topline"], [0], 4)
+    assert [j.key for j in after] == [j.key for j in before]
+    assert all(a.decode_key != b.decode_key for a, b in zip(after, before))
+    assert before[0].key != before[1].key  # the topline is another training, under the same budget
+    assert before[1].settings == before[0].settings + ['data.labeled_splits=["labeled", "unlabeled_text"]']
+
+
+def test_probe_jobs_follow_their_runs_keys(tiny_corpus, tmp_path):
+    from bljust.compare.jobs import plan_probes, write_json
+
+    def planned(*overrides):
+        jobs = plan_jobs(load_config(TINY, list(overrides)), tiny_corpus, tmp_path, ["topline", "ptft", "supervised"],
+                         [0], 4)
+        for j in jobs[1:]:  # the topline never finished
+            j.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(j.record_path, {"key": j.key, "decode_key": j.decode_key})
+        return {p.method: p for p in plan_probes(jobs, tmp_path)}
+
+    probes = planned()
+    assert set(probes) == {"ptft", "supervised", "random-init"}
+    assert probes["random-init"].source == tmp_path / "runs" / "supervised-seed0" and probes["random-init"].probe[
+        "random_init"]
+    assert probes["ptft"].source == tmp_path / "runs" / "ptft-seed0" and probes["ptft"].kind == "probe"
+    assert len({p.key for p in probes.values()}) == 3
+    retuned = planned("ptft.pretrain_fraction=0.3")  # PT+FT retrained: its probe is redone, the others are kept
+    assert retuned["ptft"].key != probes["ptft"].key and retuned["supervised"].key == probes["supervised"].key
+    assert retuned["random-init"].key == probes["random-init"].key
+
+
+def test_labeled_splits_are_a_union_of_distinct_utterances(tiny_corpus, tmp_path):
+    from bljust.config import ConfigError
+    from bljust.data.manifests import load_split, write_split
+    from bljust.methods.common import load_labeled
+
+    data = _corpus(tiny_corpus, tmp_path / "data", optional=True)
+    labeled, extra = load_split(data, "labeled"), load_split(data, "unlabeled_text")
+    union = load_labeled(data, ["labeled", "unlabeled_text"])
+    assert [c.id for c in union] == [c.id for c in labeled] + [c.id for c in extra]
+    write_split(data, "test_unseen", *labeled.decompose()[:2])  # the labeled utterances again
+    with pytest.raises(ValueError, match=r"utterance \S+ is in both the 'labeled' and the 'test_unseen' split"):
+        load_labeled(data, ["labeled", "test_unseen"])
+    for bad in ("[]", "[labeled, labeled]", "[labeled, unlabeled]"):
+        with pytest.raises(ConfigError, match="data.labeled_splits"):
+            load_config(TINY, [f"data.labeled_splits={bad}"])

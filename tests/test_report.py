@@ -208,3 +208,76 @@ def test_compute_to_reach_ptft(tmp_path):
     assert "42.0 %" in section  # the target: PT+FT's mean selected dev CER
     assert "| BL-JUST | 0 | 50 | 0.50 | 2.0 | 100 |" in section
     assert "| PT+FT | 0 | not reached |" in section  # its validation points (0.6, 0.5) never got to 0.42
+
+
+# ------------------------------------------------------------------ topline, test_unseen and the linear probes
+
+TOPLINE_RATES = {("supervised", 0): (0.70, 0.50, 0.60, 0.40), ("supervised", 1): (0.72, 0.52, 0.62, 0.42),
+                 ("topline", 0): (0.40, 0.20, 0.30, 0.10), ("topline", 1): (0.42, 0.22, 0.32, 0.12)}
+RANDOM_INIT_CER = 0.9
+
+
+def _topline_out_dir(tmp_path: Path, monkeypatch) -> Path:
+    """supervised, BL-JUST and the topline, two seeds each; every run with test_unseen (test's rates × 1.5) and a
+    linear probe (dev CER + 0.1); one probe failed."""
+    for key, rates in TOPLINE_RATES.items():
+        monkeypatch.setitem(RATES, key, rates)
+    out = _out_dir(tmp_path, methods=("supervised", "bljust", "topline"))
+    results = json.loads((out / "results.json").read_text())
+    for run in results["runs"]:
+        run["test_unseen"] = {k: v * 1.5 if k in ("wer", "cer") else v for k, v in run["test"].items()}
+        run["probe"] = {"cer": run["dev"]["cer"] + 0.1, "wer": 0.99, "train_loss": 1.0, "model": "best.pt"}
+    results["probe"] = {"settings": {"steps": 300}, "random-init": {"cer": RANDOM_INIT_CER, "wer": 1.0}}
+    results["failed"].append({"method": "random-init", "seed": 0, "exit_code": 1, "log": "probes/random.log",
+                              "job": "probe"})
+    (out / "results.json").write_text(json.dumps(results))
+    return out
+
+
+def _mean(method: str, index: int, scale: float = 1.0) -> float:
+    return sum(RATES[(method, s)][index] * scale for s in (0, 1)) / 2
+
+
+def _section(markdown: str, title: str) -> str:
+    start = markdown.index(f"## {title}")
+    end = markdown.find("\n## ", start + 1)
+    return markdown[start:end if end >= 0 else None]
+
+
+def test_share_of_the_label_gap(tmp_path, monkeypatch):
+    markdown = write_report(_topline_out_dir(tmp_path, monkeypatch))["markdown"].read_text()
+    section = _section(markdown, "Share of the label gap recovered")
+    assert "| method | dev CER share | test CER share | test_unseen CER share |" in section
+    shares = []
+    for index, scale in ((1, 1.0), (3, 1.0), (3, 1.5)):  # dev CER, test CER, test_unseen CER
+        sup, top, bl = (_mean(m, index, scale) for m in ("supervised", "topline", "bljust"))
+        shares.append(f"{100 * (sup - bl) / (sup - top):.0f} %")
+        assert f"{100 * (sup - top):.1f}" in section  # the gap itself, in points
+    assert f"| BL-JUST | {' | '.join(shares)} |" in section
+    # the topline is a reference: the best test CER in bold is BL-JUST's, not the topline's lower one
+    assert f"**{_pct([RATES[('bljust', s)][3] for s in (0, 1)])}**" in markdown
+    errors = _section(markdown, "Word and character error rates")
+    assert "test_unseen WER % | test_unseen CER %" in errors
+    assert _pct([RATES[("topline", s)][3] * 1.5 for s in (0, 1)]) in errors
+
+
+def test_linear_probe_table_beside_random_init(tmp_path, monkeypatch):
+    markdown = write_report(_topline_out_dir(tmp_path, monkeypatch))["markdown"].read_text()
+    section = _section(markdown, "Linear probe dev CER")
+    assert "fresh linear CTC head trained for 300 steps" in section
+    assert "| encoder | seeds | probe dev CER % | vs random init | own dev CER % |" in section
+    probe = [RATES[("bljust", s)][1] + 0.1 for s in (0, 1)]
+    diff = 100 * (sum(probe) / 2 - RANDOM_INIT_CER)
+    assert (f"| BL-JUST | 2 | {_pct(probe)} | {diff:+.1f} | {_pct([RATES[('bljust', s)][1] for s in (0, 1)])} |"
+            in section)
+    assert "| random init | 1 | 90.0 | – | – |" in section
+    assert "| topline (all transcribed) | 2 |" in section
+    assert "probe dev CER %" in _section(markdown, "Every run")
+    # a failed probe is listed apart from failed runs
+    assert "Linear probes that failed" in markdown and "| random init | 0 | 1 | probes/random.log |" in markdown
+
+
+def test_without_topline_or_probes_the_report_says_so(report):
+    _, markdown, _ = report
+    assert "Needs a supervised and a topline run" in markdown and "No linear probe in these results." in markdown
+    assert "test_unseen" not in markdown

@@ -80,7 +80,7 @@ class Bench:
     def g(self) -> torch.Tensor:
         # The same masks every step (a fresh generator), so every repeat does the same work.
         g, _ = ssl_objective(self.model, *self.unlabeled, torch.Generator().manual_seed(1), Dist(), self.device,
-                             amp=False)
+                             amp=False, ids=[f"bench-{i}" for i in range(len(self.unlabeled[0]))])
         return g
 
     def update(self, names: tuple[str, ...]) -> None:
@@ -122,13 +122,30 @@ def make_bench(cfg: Config, batch_seconds: float = 60.0, utt_seconds: float = 5.
     """The bench's model (with its SSL head), optimiser and batches on ``device`` (default: ``train.device``)."""
     torch.manual_seed(0)
     dev = torch.device(device) if device is not None else pick_device(cfg.train.device, Dist())
-    model = CTCModel(cfg, 30, ssl=True).to(dev)
-    optimizer = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
     gen = torch.Generator().manual_seed(0)
     lab, unl = _batch(batch_seconds, utt_seconds, gen), _batch(batch_seconds, utt_seconds, gen)
+    model = CTCModel(cfg, 30, ssl=True, ssl_targets=_random_targets(cfg, unl[1], gen)).to(dev)
+    optimizer = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
     targets = [list(torch.randint(2, 29, (int(utt_seconds * 12),), generator=gen).tolist()) for _ in range(len(lab[0]))]
     return Bench(cfg, dev, model, optimizer, (lab[0].to(dev), lab[1].to(dev)), (unl[0].to(dev), unl[1].to(dev)),
                  targets, utt_seconds)
+
+
+def _random_targets(cfg: Config, lens: torch.Tensor, gen: torch.Generator):
+    """HuBERT's per-utterance cluster ids for the bench's unlabeled batch (ids ``bench-<i>``): random, which costs
+    the loss what real ones do."""
+    if cfg.ssl.loss != "hubert":
+        return None
+    from pathlib import Path
+
+    from bljust.models.subsampling import subsampled_lengths
+    from bljust.ssl_targets import Targets
+
+    frames = subsampled_lengths(lens)
+    return Targets(path=Path("bench"), rows={f"bench-{i}": i for i in range(len(lens))},
+                   offsets=torch.cat((torch.zeros(1, dtype=torch.long), frames.cumsum(0))),
+                   labels=torch.randint(0, cfg.ssl.clusters, (int(frames.sum()),), generator=gen),
+                   clusters=cfg.ssl.clusters, meta={"key": "bench"})
 
 
 def cpu_peak_bytes(prof: profile) -> int:

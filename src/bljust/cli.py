@@ -1,4 +1,4 @@
-"""The ``bljust`` command line: corpus, train, evaluate, transcribe, lm, compare, demo, bench."""
+"""The ``bljust`` command line: corpus, train, ssl-targets, evaluate, transcribe, probe, lm, compare, demo, bench."""
 
 from __future__ import annotations
 
@@ -33,10 +33,13 @@ def _recipe(name: str) -> Path:
 def cmd_corpus_synth(args) -> int:
     from bljust.data.synth import format_summary, synthesize_corpus
 
+    # Options left unset (None) take the scenario's value.
     summary = synthesize_corpus(args.out_dir, labeled_minutes=args.labeled_minutes,
                                 unlabeled_minutes=args.unlabeled_minutes, dev_minutes=args.dev_minutes,
                                 test_minutes=args.test_minutes, seed=args.seed, jobs=args.jobs,
-                                progress=not args.quiet)
+                                progress=not args.quiet, labeled_speakers=args.labeled_speakers,
+                                scenario=args.scenario, in_domain_minutes=args.in_domain_minutes,
+                                test_unseen_minutes=args.test_unseen_minutes, text=args.text)
     print(format_summary(summary))
     print(f"corpus written to {args.out_dir}")
     return 0
@@ -104,6 +107,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_ssl_targets(args) -> int:
+    from bljust.ssl_targets import TargetSpec, compute_targets, load_targets
+
+    if args.from_run:
+        spec = TargetSpec(source="run", run=str(args.from_run), layer=args.layer, clusters=args.clusters,
+                          fit_frames=args.fit_frames, seed=args.seed)
+    else:
+        spec = TargetSpec(source=args.features, clusters=args.clusters, fit_frames=args.fit_frames, seed=args.seed)
+    path = compute_targets(args.data, spec, aligner=args.align, device=args.device, progress=not args.quiet)
+    meta = load_targets(path).meta
+    print(json.dumps({"path": str(path), **{k: meta[k] for k in ("clusters", "utterances", "frames", "health")}},
+                     indent=2))
+    print(f"train on them with: --set ssl.loss=hubert --set ssl.targets={path}")
+    return 0
+
+
 def _word_decoder(args, tokenizer):
     if not args.lm:
         return None
@@ -158,6 +177,19 @@ def cmd_transcribe(args) -> int:
         else:
             print(f"{path}\t{text}", flush=True)
     return 1 if failures else 0
+
+
+def cmd_probe(args) -> int:
+    from bljust.probe import ProbeConfig, default_output, probe_run, summary_line
+
+    given = {"steps": args.steps, "seed": args.seed, "layer": args.layer}
+    cfg = ProbeConfig(random_init=args.random_init, **{k: v for k, v in given.items() if v is not None})
+    result = probe_run(args.run, args.data, cfg, args.device)
+    out = Path(args.out) if args.out else default_output(args.run, cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{summary_line(result)}; written to {out}")
+    return 0
 
 
 def _compare_args(args) -> dict:
@@ -243,12 +275,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     corpus = sub.add_parser("corpus", help="make or import a data directory").add_subparsers(dest="corpus_command",
                                                                                              required=True)
-    s = corpus.add_parser("synth", help="generate the synthetic demo corpus")
+    from bljust.data.scenarios import SCENARIOS, TEXT_DOMAINS
+
+    scenarios = "; ".join(f"{name}: {sc.description.rstrip('.')}" for name, sc in SCENARIOS.items())
+    s = corpus.add_parser("synth", help="generate the synthetic demo corpus",
+                          description="Synthesise a corpus of one scenario; the size and text options override "
+                                      f"the scenario's values. Scenarios: {scenarios}.")
     s.add_argument("out_dir")
-    s.add_argument("--labeled-minutes", type=float, default=12.0)
-    s.add_argument("--unlabeled-minutes", type=float, default=120.0)
-    s.add_argument("--dev-minutes", type=float, default=8.0)
-    s.add_argument("--test-minutes", type=float, default=8.0)
+    s.add_argument("--scenario", choices=list(SCENARIOS), default="unseen",
+                   help="preset split sizes, voices and text (default: unseen, the original demo corpus)")
+    unseen = SCENARIOS["unseen"]
+    s.add_argument("--labeled-minutes", type=float, help=f"labeled audio (unseen: {unseen.labeled_minutes:g})")
+    s.add_argument("--labeled-speakers", type=int, help=f"labeled voices (unseen: {unseen.labeled_speakers})")
+    s.add_argument("--unlabeled-minutes", type=float,
+                   help=f"unlabeled audio from the 40 unlabeled voices (unseen: {unseen.unlabeled_minutes:g})")
+    s.add_argument("--in-domain-minutes", type=float,
+                   help="extra unlabeled audio read by the dev and test voices, other sentences (in-domain: "
+                        f"{SCENARIOS['in-domain'].in_domain_minutes:g}, unseen: 0)")
+    s.add_argument("--test-unseen-minutes", type=float,
+                   help="a test_unseen split from 6 voices in no other split; 0: none (in-domain: "
+                        f"{SCENARIOS['in-domain'].test_unseen_minutes:g}, unseen: 0)")
+    s.add_argument("--dev-minutes", type=float, help=f"dev audio (unseen: {unseen.dev_minutes:g})")
+    s.add_argument("--test-minutes", type=float, help=f"test audio (unseen: {unseen.test_minutes:g})")
+    s.add_argument("--text", choices=TEXT_DOMAINS,
+                   help="what the voices read: Austen's novels or voice-assistant commands (commands scenario)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--jobs", type=int, default=2, help="parallel synthesis processes")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -298,6 +348,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     t.set_defaults(func=cmd_train)
 
+    st = sub.add_parser("ssl-targets", help="k-means targets for ssl.loss=hubert: of normalised MFCC/log-mel frames "
+                        "(iteration 1) or of a trained run's encoder layer (iteration 2), cached in DATA/ssl_targets/")
+    st.add_argument("data", help="data directory; its unlabeled split gets targets")
+    st.add_argument("--from", dest="from_run", metavar="RUN", help="cluster this trained run's encoder layer "
+                    "(e.g. a supervised run on the labeled split: supervision-guided targets)")
+    st.add_argument("--layer", type=int, default=-1, help="with --from: the encoder block (default -1, the last)")
+    st.add_argument("--features", choices=["mfcc", "fbank"], default="mfcc", help="without --from: what to cluster")
+    st.add_argument("--clusters", type=int, default=100)
+    st.add_argument("--fit-frames", type=int, default=250_000, help="frames the k-means is fitted on (at most)")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--align", metavar="RUN", help="a trained CTC run whose alignments of the labeled split score "
+                    "the clusters (PNMI, purity); default: the --from run")
+    st.add_argument("--device", default="cpu")
+    st.add_argument("--quiet", action="store_true", help="no progress bar")
+    st.set_defaults(func=cmd_ssl_targets)
+
     e = sub.add_parser("evaluate", help="WER/CER of a trained model on a split")
     e.add_argument("run", help="run directory or model file")
     e.add_argument("--data", required=True)
@@ -315,6 +381,25 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--lm-weight", type=float, default=1.0, help="with --lm: weight of the LM score (default 1)")
         c.add_argument("--word-score", type=float, default=0.0, help="with --lm: score added per word (default 0)")
         c.add_argument("--beam-size", type=int, default=50, help="with --lm: hypotheses kept per frame")
+
+    pr = sub.add_parser("probe", help="linear-probe a run's frozen encoder: dev CER of a fresh linear CTC head",
+                        description="Freeze the run's encoder, run it once over the labeled split and dev (eval mode, "
+                                    "no augmentation), train a fresh linear CTC head on its cached outputs for a fixed "
+                                    "number of steps (AdamW, fixed seed), and decode dev greedily. Writes a JSON "
+                                    "(dev CER and WER, the head's train loss before and after, the settings, seconds) "
+                                    "and prints one line.")
+    pr.add_argument("run", help="run directory (its best.pt, else its newest checkpoint) or model file")
+    pr.add_argument("--data", required=True, help="data directory (labeled and dev splits)")
+    pr.add_argument("--steps", type=int, help="optimiser steps of the head (default 300)")
+    pr.add_argument("--random-init", action="store_true",
+                    help="probe the run's architecture with random weights (seeded) instead: the baseline")
+    pr.add_argument("--layer", type=int, help="encoder block whose output the head reads (0-based, negative from "
+                                              "the end; default -1, the final output)")
+    pr.add_argument("--seed", type=int,
+                    help="seed of the head, the batch order and --random-init's weights (default 0)")
+    pr.add_argument("--out", help="JSON file to write (default: RUN/eval/probe[-random-init][-layerL].json)")
+    pr.add_argument("--device", default="cpu")
+    pr.set_defaults(func=cmd_probe)
 
     lm = sub.add_parser("lm", help="estimate a word n-gram LM (ARPA) from a text file, one sentence per line")
     lm.add_argument("text")

@@ -50,6 +50,9 @@ class DataConfig:
     every validation (``g_heldout``): a fixed, noise-free measure of the lower level. 0: none."""
     heldout_unlabeled_max_seconds: float = 300.0
     """Cap on the held-out unlabeled audio, so validation stays cheap on large unlabeled sets."""
+    labeled_splits: list[str] = field(default_factory=lambda: ["labeled"])
+    """The splits whose union is the labeled training set (each needs transcripts). ``bljust compare``'s
+    topline trains on ``[labeled, unlabeled_text]``: the unlabeled utterances with their transcripts."""
 
     def __post_init__(self) -> None:
         _check(self.max_duration > 0, "data.max_duration must be > 0")
@@ -61,6 +64,11 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers must be >= 0")
         _check(0 <= self.heldout_unlabeled_fraction < 0.5, "data.heldout_unlabeled_fraction must be in [0, 0.5)")
         _check(self.heldout_unlabeled_max_seconds >= 0, "data.heldout_unlabeled_max_seconds must be >= 0")
+        _check(bool(self.labeled_splits) and len(set(self.labeled_splits)) == len(self.labeled_splits),
+               "data.labeled_splits must name at least one split, each once")
+        _check("unlabeled" not in self.labeled_splits,
+               "data.labeled_splits cannot hold 'unlabeled': it has no transcripts (its transcribed copy is "
+               "'unlabeled_text')")
 
 
 @dataclass
@@ -138,48 +146,89 @@ class ModelConfig:
 
 @dataclass
 class SSLConfig:
-    loss: Literal["bestrq", "cpc", "wav2vec2"] = "bestrq"
+    loss: Literal["bestrq", "cpc", "wav2vec2", "hubert"] = "bestrq"
     """The self-supervised (lower-level) loss g on unlabeled audio."""
-    mask_prob: float = 0.02
-    """Probability that a 10 ms input frame starts a masked span (bestrq, wav2vec2, cpc)."""
-    mask_span: int = 20
-    """Length of a masked span in 10 ms input frames."""
+    mask_prob: float | None = None
+    """Probability that a 10 ms input frame starts a masked span; None: the loss's own default
+    (``MASK_DEFAULTS``, from its paper and recipes: about half of the frames masked, in spans)."""
+    mask_span: int | None = None
+    """Length of a masked span in 10 ms input frames; None: the loss's own default (``MASK_DEFAULTS``)."""
+    layer: int = -1
+    """Encoder block whose output g reads (0-based; negative counts from the end, -1 = the final output, the one
+    the CTC head reads). A lower block leaves the blocks above it to f alone."""
     codebook_size: int = 512
     """BEST-RQ: entries of the frozen random codebook (the number of classes predicted)."""
     codebook_dim: int = 16
     """BEST-RQ: dimension of the random projection and codebook."""
     num_codebooks: int = 1
     """BEST-RQ: independent random codebooks (one softmax each; losses averaged)."""
+    targets: str | None = None
+    """HuBERT: a targets file written by ``bljust ssl-targets`` (e.g. iteration 2: k-means of a trained run's
+    encoder layer); None: iteration-1 targets, k-means of per-utterance normalised ``target_features`` frames of
+    the unlabeled split, computed once and cached in DATA/ssl_targets/."""
+    target_features: Literal["mfcc", "fbank"] = "mfcc"
+    """HuBERT iteration 1: cluster MFCCs (13 + deltas + delta-deltas) or log-mel frames."""
+    clusters: int = 100
+    """HuBERT iteration 1: k-means clusters (the number of classes predicted)."""
     proj_dim: int = 128
     """Dimension of the contrastive projection space (cpc, wav2vec2)."""
     temperature: float = 0.1
     """Temperature of the cosine-similarity InfoNCE logits (cpc, wav2vec2)."""
     num_negatives: int = 50
-    """Distractors per positive, drawn from other frames and utterances of the batch (cpc, wav2vec2)."""
+    """Distractors per positive (cpc, wav2vec2; wav2vec2 draws them from the positive's own utterance)."""
+    cpc_same_utterance: float = 0.8
+    """CPC: share of the distractors drawn from the positive's own utterance (the rest from the whole batch), so
+    that speaker and channel identity alone cannot tell the positive apart (Oord et al.; review §2.1)."""
     cpc_steps: int = 4
     """CPC: future offsets k = 1..K predicted by per-offset heads (in encoder frames)."""
     quantizer_groups: int = 2
     """wav2vec 2.0: codebook groups of the Gumbel-softmax quantiser."""
     quantizer_entries: int = 64
     """wav2vec 2.0: entries per group."""
-    gumbel_temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995)
-    """wav2vec 2.0: Gumbel temperature start, floor and per-step decay."""
+    gumbel_temperature: tuple[float, ...] = (2.0, 0.5)
+    """wav2vec 2.0: Gumbel temperature at the first g step and its floor."""
+    gumbel_anneal_fraction: float = 0.7
+    """wav2vec 2.0: share of the run's own g steps over which the temperature decays geometrically from its start
+    to its floor (wav2vec 2.0 reaches its floor after ~70 % of its 400 k updates)."""
     diversity_weight: float = 0.1
     """wav2vec 2.0: weight of the codebook diversity loss."""
 
     def __post_init__(self) -> None:
-        self.gumbel_temperature = tuple(self.gumbel_temperature)
-        _check(0.0 < self.mask_prob < 1.0, "ssl.mask_prob must be in (0, 1)")
-        _check(self.mask_span >= 1, "ssl.mask_span must be >= 1")
+        if len(self.gumbel_temperature) == 3:  # earlier versions: (start, floor, per-step decay)
+            logging.getLogger("bljust").warning(
+                "ssl.gumbel_temperature's third value (a per-step decay) is retired and ignored; the temperature "
+                "now anneals over ssl.gumbel_anneal_fraction of the run's g steps")
+        self.gumbel_temperature = tuple(self.gumbel_temperature)[:2]
+        _check(self.mask_prob is None or 0.0 < self.mask_prob < 1.0, "ssl.mask_prob must be in (0, 1)")
+        _check(self.mask_span is None or self.mask_span >= 1, "ssl.mask_span must be >= 1")
         _check(self.codebook_size >= 2 and self.codebook_dim >= 1 and self.num_codebooks >= 1,
                "ssl codebook sizes must be positive")
+        _check(self.clusters >= 2, "ssl.clusters must be >= 2")
         _check(self.temperature > 0, "ssl.temperature must be > 0")
         _check(self.num_negatives >= 1 and self.cpc_steps >= 1, "ssl.num_negatives and ssl.cpc_steps must be >= 1")
+        _check(0.0 <= self.cpc_same_utterance <= 1.0, "ssl.cpc_same_utterance must be in [0, 1]")
         _check(self.quantizer_groups >= 1 and self.quantizer_entries >= 2, "ssl quantizer sizes must be positive")
-        start, floor, decay = self.gumbel_temperature if len(self.gumbel_temperature) == 3 else (0, 0, 0)
-        _check(len(self.gumbel_temperature) == 3 and 0 < floor <= start and 0 < decay <= 1,
-               "ssl.gumbel_temperature must be [start, floor, decay] with 0 < floor <= start, 0 < decay <= 1")
+        start, floor = self.gumbel_temperature if len(self.gumbel_temperature) == 2 else (0, 0)
+        _check(len(self.gumbel_temperature) == 2 and 0 < floor <= start,
+               "ssl.gumbel_temperature must be [start, floor] with 0 < floor <= start")
+        _check(0.0 < self.gumbel_anneal_fraction <= 1.0, "ssl.gumbel_anneal_fraction must be in (0, 1]")
         _check(self.diversity_weight >= 0, "ssl.diversity_weight must be >= 0")
+
+    def masking(self) -> tuple[float, int]:
+        """(mask_prob, mask_span) in effect: the configured values, else the loss's defaults."""
+        prob, span = MASK_DEFAULTS[self.loss]
+        return (prob if self.mask_prob is None else self.mask_prob,
+                span if self.mask_span is None else self.mask_span)
+
+
+MASK_DEFAULTS: dict[str, tuple[float, int]] = {
+    # Per 10 ms input frame; 1 - (1 - p)^span of the frames end up masked away from the edges.
+    "bestrq": (0.04, 16),     # SpeechBrain's BEST-RQ recipe: 0.15 per 40 ms frame, spans of 4 (160 ms): ≈ 48 %
+    "wav2vec2": (0.0325, 20),  # wav2vec 2.0: p = 0.065 per 20 ms step, M = 10 steps (200 ms): ≈ 48 %
+    "hubert": (0.04, 20),     # HuBERT: p = 0.08 per 20 ms frame, spans of 10 (200 ms): ≈ 56 %
+    "cpc": (0.03, 20),        # our masked CPC: 200 ms gaps, ≈ 46 %, so a gap still has context on both sides
+}
+"""Default (mask_prob, mask_span) per SSL loss; review §2.3 and ../shared/docs/ssl-small-scale.md §4."""
 
 
 @dataclass
@@ -455,7 +504,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(_convert(a, v, where) for a, v in zip(typing.get_args(tp), value))
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, where) for v in value)
+        return tuple(_convert(a, v, where) for a, v in zip(args, value))
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")

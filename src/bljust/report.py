@@ -23,11 +23,21 @@ import matplotlib
 matplotlib.use("Agg")  # the report only writes files: no display needed, no window opened
 import matplotlib.pyplot as plt
 
-from bljust.compare.budget import RULE_TITLES
+from bljust.compare.budget import RULE_TITLES, TOPLINE
+from bljust.compare.jobs import RANDOM_INIT
 from bljust.methods import METHOD_LABELS
 
 SUMMARY_KEYS = ("dev_wer", "dev_cer", "test_wer", "test_cer", "dev_lm_wer", "dev_lm_cer", "test_lm_wer", "test_lm_cer",
+                "test_unseen_wer", "test_unseen_cer", "test_unseen_lm_wer", "test_unseen_lm_cer", "probe_cer",
                 "train_seconds", "audio_hours", "batch_passes")
+NODES = ("test_unseen", "dev", "test", "probe")
+"""Run-record entries that hold rates: key ``test_unseen_cer`` is ``run["test_unseen"]["cer"]`` (longest first, so
+that it is not read as test's), ``probe_cer`` the linear probe's dev CER."""
+EXTRA_LABELS = {TOPLINE: "topline (all transcribed)", RANDOM_INIT: "random init"}
+GAP_KEYS = (("dev_cer", "dev CER"), ("test_cer", "test CER"), ("test_unseen_cer", "test_unseen CER"),
+            ("dev_lm_wer", "dev WER (LM)"), ("test_lm_wer", "test WER (LM)"),
+            ("test_unseen_lm_wer", "test_unseen WER (LM)"))
+"""The error rates whose label gap (supervised − topline) the report shares out, when both have them."""
 COST_COLUMNS = (  # (header, results key, format, scale)
     ("labeled batches", "labeled_batches", ",.0f", 1), ("unlabeled batches", "unlabeled_batches", ",.0f", 1),
     ("batch passes", "batch_passes", ",.0f", 1), ("train min", "train_seconds", ".1f", 1 / 60),
@@ -65,9 +75,11 @@ def _finite(v) -> bool:
 
 def _value(run: dict, key: str) -> float | None:
     """A run's number by summary key: ``test_cer`` is ``run["test"]["cer"]``, ``test_lm_wer`` is
-    ``run["test"]["lm"]["wer"]`` (the LM beam search's), other keys are top-level."""
-    split, _, metric = key.partition("_")
-    if split in ("dev", "test"):
+    ``run["test"]["lm"]["wer"]`` (the LM beam search's), ``probe_cer`` is ``run["probe"]["cer"]`` (see
+    ``NODES``), other keys are top-level."""
+    split = next((n for n in NODES if key.startswith(n + "_")), None)
+    if split is not None:
+        metric = key[len(split) + 1:]
         node = run.get(split)
         if metric.startswith("lm_"):
             node, metric = (node or {}).get("lm") if isinstance(node, dict) else None, metric[3:]
@@ -126,7 +138,7 @@ def _num(v: float | None, fmt: str = ".1f", scale: float = 1.0) -> str:
 
 
 def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    return METHOD_LABELS.get(method) or EXTRA_LABELS.get(method, method)
 
 
 def _text(d: dict, key: str) -> str:
@@ -305,14 +317,19 @@ def _setup(inp: Inputs) -> list[tuple]:
 def _error_rows(methods: list[str], s: dict, with_relative: bool) -> tuple[list[str], list[list[str]]]:
     """The WER/CER table: one row per method; optionally the relative changes against REFERENCES."""
     header = ["method", "seeds", "dev WER %", "dev CER %", "test WER %", "test CER %"]
+    unseen = any(s[m]["test_unseen_cer"]["n"] for m in methods)
+    if unseen:
+        header += ["test_unseen WER %", "test_unseen CER %"]
     lm = _has_lm(s, methods)
     if lm:
-        header += ["dev WER % (LM)", "test WER % (LM)", "test CER % (LM)"]
+        header += ["dev WER % (LM)", "test WER % (LM)", "test CER % (LM)"] + (["test_unseen WER % (LM)"] if unseen
+                                                                               else [])
     refs = REFERENCES if with_relative else ()
     compared = ("test_wer", "test_cer") + (("test_lm_wer",) if lm else ())
     for ref in refs:
         header += [f"{KEY_NAMES[key]} vs {_label(ref)}" for key in compared]
-    cers = {m: s[m]["test_cer"]["mean"] for m in methods if s[m]["test_cer"]["mean"] is not None}
+    # the topline is a reference, not a contender
+    cers = {m: s[m]["test_cer"]["mean"] for m in methods if s[m]["test_cer"]["mean"] is not None and m != TOPLINE}
     best = min(cers, key=cers.get) if cers else None
     rows = []
     for m in methods:
@@ -320,8 +337,11 @@ def _error_rows(methods: list[str], s: dict, with_relative: bool) -> tuple[list[
         cer = _pct(s[m]["test_cer"])
         row = [_label(m), str(n), _pct(s[m]["dev_wer"]), _pct(s[m]["dev_cer"]), _pct(s[m]["test_wer"]),
                Bold(cer) if m == best else cer]
+        if unseen:
+            row += [_pct(s[m]["test_unseen_wer"]), _pct(s[m]["test_unseen_cer"])]
         if lm:
             row += [_pct(s[m]["dev_lm_wer"]), _pct(s[m]["test_lm_wer"]), _pct(s[m]["test_lm_cer"])]
+            row += [_pct(s[m]["test_unseen_lm_wer"])] if unseen else []
         for ref in refs:
             for key in compared:
                 change = _relative(s[m][key]["mean"], s[ref][key]["mean"] if ref in s else None)
@@ -335,6 +355,10 @@ def _errors(inp: Inputs) -> list[tuple]:
               ("p", ("Mean ± sample standard deviation over seeds, in %. Relative change = (x − ref) / ref "
                      "of the means, in %; negative is better; – when the reference method did not run. "
                      "Best test CER in bold."
+                     + (" The topline (supervised training with every unlabeled utterance transcribed, same budget) "
+                        "is a reference, not in the running." if TOPLINE in inp.methods else "")
+                     + (" test_unseen: a test set of voices in no other split." if any(
+                         inp.summary[m]["test_unseen_cer"]["n"] for m in inp.methods) else "")
                      + (" Columns marked (LM): a lexicon beam search with the word n-gram LM, its weight and word "
                         "score chosen per run on dev WER (each run's grid is in results.json); the others are "
                         "greedy CTC decoding." if _has_lm(inp.summary, inp.methods) else ""))),
@@ -352,6 +376,61 @@ def _errors(inp: Inputs) -> list[tuple]:
     ax.set_ylim(top=1.2 * ax.get_ylim()[1])  # room for the legend above the value labels
     ax.legend(ncol=2, loc="upper right")
     return blocks + [("figure", _save(fig, inp.plots / "bars.png"), "Test WER and CER per method")]
+
+
+def _label_gap(inp: Inputs) -> list[tuple]:
+    """Each method's share of the gap between supervised training and the topline that it closes."""
+    blocks = [("h", 2, "Share of the label gap recovered")]
+    s = inp.summary
+    if "supervised" not in s or TOPLINE not in s:
+        return blocks + [("p", "Needs a supervised and a topline run (compare runs the topline, supervised training "
+                               "with every unlabeled utterance transcribed, when the corpus has the unlabeled_text "
+                               "split).")]
+    keys = [(k, name) for k, name in GAP_KEYS
+            if s["supervised"][k]["mean"] is not None and s[TOPLINE][k]["mean"] is not None]
+    gaps = {k: s["supervised"][k]["mean"] - s[TOPLINE][k]["mean"] for k, _ in keys}
+    rows = [["supervised − topline (points)"] + [f"{100 * gaps[k]:.1f}" for k, _ in keys]]
+    for m in inp.methods:
+        if m in ("supervised", TOPLINE):
+            continue
+        cells = []
+        for k, _ in keys:
+            mean = s[m][k]["mean"]
+            share = None if mean is None or gaps[k] <= 0 else (s["supervised"][k]["mean"] - mean) / gaps[k]
+            cells.append(DASH if share is None else f"{100 * share:.0f} %")
+        rows.append([_label(m)] + cells)
+    return blocks + [
+        ("p", ("(supervised − method) / (supervised − topline) of the mean error rates over seeds: 0 % is no "
+               "better than supervised training on the labeled split alone, 100 % as good as the topline, the same "
+               "training with every unlabeled utterance transcribed, under the same budget; negative is worse than "
+               "supervised. – where the topline is not better than supervised (no gap to share). The first row is "
+               "the gap itself.")),
+        ("table", ["method"] + [f"{name} share" for _, name in keys], rows)]
+
+
+def _probe(inp: Inputs) -> list[tuple]:
+    """The linear probe's dev CER per method beside the random-init encoder's."""
+    blocks = [("h", 2, "Linear probe dev CER")]
+    probe = inp.results.get("probe") or {}
+    base, settings = probe.get(RANDOM_INIT), probe.get("settings") or {}
+    methods = [m for m in inp.methods if inp.summary[m]["probe_cer"]["n"]]
+    if not methods and base is None:
+        return blocks + [("p", "No linear probe in these results.")]
+    rows = []
+    for m in methods:
+        st = inp.summary[m]["probe_cer"]
+        diff = DASH if base is None else f"{100 * (st['mean'] - base['cer']):+.1f}"
+        rows.append([_label(m), str(st["n"]), _pct(st), diff, _pct(inp.summary[m]["dev_cer"])])
+    if base is not None:
+        rows.append([_label(RANDOM_INIT), "1", f"{100 * base['cer']:.1f}", DASH, DASH])
+    steps = settings.get("steps", DASH)
+    return blocks + [
+        ("p", (f"Each encoder frozen and read out by a fresh linear CTC head trained for {steps} steps on the labeled "
+               "split (the same steps, batches and seed for every encoder), dev decoded greedily: what the encoder "
+               "learned that a linear read-out can turn into characters, whatever schedule trained it, against the "
+               "same architecture with random weights. Mean ± std over seeds, in %; the difference to random init "
+               "in points (negative: better); own dev CER: the run's own CTC head, trained with its encoder.")),
+        ("table", ["encoder", "seeds", "probe dev CER %", "vs random init", "own dev CER %"], rows)]
 
 
 def _curves_figure(inp: Inputs, key: str, kind: str, ylabel: str, path: Path, scale: float = 1.0) -> Path | None:
@@ -551,21 +630,27 @@ def _costs(inp: Inputs) -> list[tuple]:
 
 def _per_run(inp: Inputs) -> list[tuple]:
     lm = _has_lm(inp.summary, inp.methods)
-    scores = ("dev_wer", "dev_cer", "test_wer", "test_cer") + (("dev_lm_wer", "test_lm_wer") if lm else ())
+    unseen = any(inp.summary[m]["test_unseen_cer"]["n"] for m in inp.methods)
+    probed = any(inp.summary[m]["probe_cer"]["n"] for m in inp.methods)
+    scores = (("dev_wer", "dev_cer", "test_wer", "test_cer")
+              + (("test_unseen_wer", "test_unseen_cer") if unseen else ())
+              + (("dev_lm_wer", "test_lm_wer") if lm else ()) + (("probe_cer",) if probed else ()))
     rows = [[_label(r["method"]), str(r.get("seed", DASH))]
             + [_num(_value(r, k), ".1f", 100) for k in scores]
             + [_text(r, "best_step"), _text(r, "steps"), _num(_value(r, "train_seconds"), ".1f", 1 / 60),
                _text(r, "run_dir"), "; ".join(map(str, r.get("settings") or [])) or DASH]
             for m in inp.methods for r in inp.runs[m]]
     header = (["method", "seed", "dev WER %", "dev CER %", "test WER %", "test CER %"]
-              + (["dev WER % (LM)", "test WER % (LM)"] if lm else [])
+              + (["test_unseen WER %", "test_unseen CER %"] if unseen else [])
+              + (["dev WER % (LM)", "test WER % (LM)"] if lm else []) + (["probe dev CER %"] if probed else [])
               + ["best step", "steps", "train min", "run directory", "settings"])
     blocks = [("h", 2, "Every run"), ("table", header, rows, 3)]
-    failed = [[_label(str(f.get("method"))), _text(f, "seed"), _text(f, "exit_code"), _text(f, "log")]
-              for f in inp.results.get("failed") or [] if isinstance(f, dict)]
-    if failed:
-        blocks += [("p", "Runs that failed, left out of every table above:"),
-                   ("table", ["method", "seed", "exit code", "log"], failed, 2)]
+    for job, text in (("train", "Runs that failed, left out of every table above:"),
+                      ("probe", "Linear probes that failed, left out of the probe table:")):
+        failed = [[_label(str(f.get("method"))), _text(f, "seed"), _text(f, "exit_code"), _text(f, "log")]
+                  for f in inp.results.get("failed") or [] if isinstance(f, dict) and f.get("job", "train") == job]
+        if failed:
+            blocks += [("p", text), ("table", ["method", "seed", "exit code", "log"], failed, 2)]
     return blocks
 
 
@@ -584,7 +669,7 @@ def write_report(out_dir: Path, results: dict | None = None) -> dict[str, Path]:
         (plots / f"{name}.png").unlink(missing_ok=True)
     inp = _load(results, out_dir, plots)
     blocks = []
-    for section in (_setup, _errors, _curves, _gamma, _ssl, _reach, _groups, _costs, _per_run):
+    for section in (_setup, _errors, _label_gap, _probe, _curves, _gamma, _ssl, _reach, _groups, _costs, _per_run):
         blocks += section(inp)
     markdown, page = out_dir / "report.md", out_dir / "report.html"
     markdown.write_text(_markdown(blocks, out_dir))

@@ -69,7 +69,9 @@ def _manifest_rows(out: Path) -> dict[str, list[dict]]:
 def test_all_manifests_present_and_loadable(corpus, cuts):
     out, _ = corpus
     names = sorted(p.name for p in out.glob("*.jsonl.gz"))
-    assert names == sorted(f"{s}_{kind}.jsonl.gz" for s in SPLITS for kind in ("recordings", "supervisions"))
+    # The default (unseen) scenario has no test_unseen split; every corpus has unlabeled_text.
+    assert names == sorted(f"{s}_{kind}.jsonl.gz" for s in (*SPLITS, "unlabeled_text")
+                           for kind in ("recordings", "supervisions"))
     for split in SPLITS:
         assert len(cuts[split]) > 0
         for cut in cuts[split]:
@@ -106,6 +108,13 @@ def test_texts_and_held_out_sentences(corpus, cuts):
             text = cut_text(c)
             assert text and normalize_transcript(text) == text
     assert all(cut_text(c) is None for c in cuts["unlabeled"])
+    # unlabeled_text: the same recordings, with the transcripts the unlabeled split withholds.
+    rows = {r["id"]: r for r in _utterance_table(out)}
+    with_text = load_split(out, "unlabeled_text")
+    assert [c.id for c in with_text] == [c.id for c in cuts["unlabeled"]]
+    for c, u in zip(with_text, cuts["unlabeled"]):
+        assert c.recording == u.recording and cut_speaker(c) == cut_speaker(u) and cut_group(c) == cut_group(u)
+        assert cut_text(c) == normalize_transcript(rows[c.id]["text"])
     # The unlabeled sentences are only in the synthesis record, never in a manifest.
     table = _utterance_table(out)
     assert {r["id"] for r in table} == {c.supervisions[0].id for s in SPLITS for c in cuts[s]}
@@ -136,6 +145,9 @@ def test_audio_format_and_durations(corpus, cuts):
 def test_summary_matches_manifests(corpus, cuts):
     out, summary = corpus
     assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["scenario"] == "unseen"
+    assert summary["scenario_settings"] == {**synth.SCENARIOS["unseen"].settings(), **TINY}
+    assert list(summary["splits"]) == list(SPLITS)
     total_utts = 0
     for split in SPLITS:
         s = summary["splits"][split]

@@ -42,6 +42,10 @@ class SpeechBatches:
     """Two batches of about 30 s each, alternated by the optimisation tests."""
     eval: tuple[Tensor, Tensor]
     """All utterances in one batch, scored before and after optimising."""
+    train_ids: list[list[str]]
+    """The cut ids of each training batch."""
+    eval_ids: list[str]
+    """The cut ids of the evaluation batch."""
 
 
 def _pad(feats: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -62,19 +66,22 @@ def speech(unlabeled_corpus) -> SpeechBatches:
 
     cuts = load_split(unlabeled_corpus, "unlabeled")
     frontend = LogMel(FeatureConfig(normalize="utterance"))
-    feats = []
+    feats, ids = [], []
     for cut in cuts:
+        ids.append(cut.id)
         wav = torch.from_numpy(cut.load_audio()[0]).float()[None]
         f, n = frontend(wav, torch.tensor([wav.size(1)]))
         feats.append(f[0, : int(n[0])])
     assert sum(f.size(0) for f in feats) > 45 * 100, "expected about a minute of audio"
     order = sorted(range(len(feats)), key=lambda i: -feats[i].size(0))
     halves = [[feats[i] for i in order[0::2]], [feats[i] for i in order[1::2]]]
-    return SpeechBatches(train=[_pad(h) for h in halves], eval=_pad([feats[i] for i in order]))
+    return SpeechBatches(train=[_pad(h) for h in halves], eval=_pad([feats[i] for i in order]),
+                         train_ids=[[ids[i] for i in order[0::2]], [ids[i] for i in order[1::2]]],
+                         eval_ids=[ids[i] for i in order])
 
 
 def optimise(loss_fn, encoder, batches: SpeechBatches, steps: int, lr: float = 2e-3,
-             warmup: int = 10) -> tuple[dict, dict, list[dict]]:
+             warmup: int = 10, ids: list[list[str]] | None = None) -> tuple[dict, dict, list[dict]]:
     """AdamW on encoder + head for ``steps`` steps (linear warm-up, clip 1.0); eval-batch stats before and after.
 
     Each step's generator is seeded by the step (as the trainer does); the evaluation uses a fixed
@@ -87,7 +94,7 @@ def optimise(loss_fn, encoder, batches: SpeechBatches, steps: int, lr: float = 2
     def evaluate() -> dict:
         encoder.eval(), loss_fn.eval()
         with torch.no_grad():
-            _, _, stats = loss_fn(encoder, *batches.eval, torch.Generator().manual_seed(12345))
+            _, _, stats = loss_fn(encoder, *batches.eval, torch.Generator().manual_seed(12345), ids=batches.eval_ids)
         encoder.train(), loss_fn.train()
         return stats
 
@@ -95,13 +102,14 @@ def optimise(loss_fn, encoder, batches: SpeechBatches, steps: int, lr: float = 2
     history = []
     for step in range(steps):
         feats, lens = batches.train[step % len(batches.train)]
-        loss_sum, count, stats = loss_fn(encoder, feats, lens, torch.Generator().manual_seed(step))
+        loss_sum, count, stats = loss_fn(encoder, feats, lens, torch.Generator().manual_seed(step),
+                                         ids=batches.train_ids[step % len(batches.train)])
         opt.zero_grad(set_to_none=True)
         (loss_sum / count.clamp(min=1)).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        loss_fn.step_end(step + 1)
+        loss_fn.set_progress(step + 1, steps)
         history.append(stats)
     return before, evaluate(), history
 

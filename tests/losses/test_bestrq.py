@@ -72,9 +72,9 @@ def test_encoder_sees_noise_in_masked_frames_only():
             self.enc = tiny_encoder()
             self.subsampling = self.enc.subsampling
 
-        def forward(self, x, lens):
+        def forward(self, x, lens, layer=-1):
             seen["x"] = x.detach().clone()
-            return self.enc(x, lens)
+            return self.enc(x, lens, layer=layer)
 
     loss = make(mask_prob=0.05, mask_span=10)
     feats, lens = random_batch(lens=(800, 700))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import torch
 
 from bljust.losses import build_ssl_loss, info_nce, sample_negatives
 from bljust.losses.cpc import CPCLoss, cpc_pairs
 from bljust.losses.masking import span_mask, subsample_mask
 from bljust.models.subsampling import valid_mask
-from tests.losses.conftest import (FEAT, check_autocast, check_contract, check_determinism,
+from tests.losses.conftest import (FEAT, check_autocast, run_loss, check_contract, check_determinism,
                                    check_gradients_and_buffers, optimise, random_batch, ssl_cfg, tiny_encoder)
 
 torch.set_num_threads(1)
@@ -85,9 +87,9 @@ def test_contract_and_stop_gradient_targets():
             super().__init__()
             self.enc = tiny_encoder()
 
-        def forward(self, x, lens):
+        def forward(self, x, lens, layer=-1):
             calls.append((torch.is_grad_enabled(), self.training, x.detach().clone()))
-            return self.enc(x, lens)
+            return self.enc(x, lens, layer=layer)
 
     spy = Spy().train()
     loss = make(mask_prob=0.05, mask_span=10, num_negatives=20)
@@ -140,6 +142,33 @@ def test_learns_on_speech_without_collapse(speech):
     elapsed = time.perf_counter() - t0
     print(f"cpc: {before} -> {after} ({elapsed:.1f} s)")
     assert after["loss"] < before["loss"] - 0.5
-    assert after["acc"] > 5 * after["acc_chance"]
+    # Most distractors are other frames of the same utterance (same voice and channel, often the same
+    # sound nearby): a harder task than telling utterances apart, hence a lower bar than batch-wide ones.
+    assert after["acc"] > 3 * after["acc_chance"]
     assert after["target_std"] > 0.3
-    assert min(h["target_std"] for h in history[-10:]) > 0.3
+    # No collapse while training: the targets stay at least as spread as the random encoder's.
+    assert min(h["target_std"] for h in history[-10:]) > 0.9 * history[0]["target_std"] > 0.1
+
+
+@pytest.mark.parametrize("share", [1.0, 0.8, 0.0])
+def test_most_distractors_come_from_the_positives_own_utterance(share, monkeypatch):
+    import bljust.losses.cpc as cpc
+
+    drawn = []
+
+    def spy(pool_offset, pool_size, self_index, num, generator):
+        idx, valid = sample_negatives(pool_offset, pool_size, self_index, num, generator)
+        drawn.append((pool_offset, pool_size, self_index, idx))
+        return idx, valid
+
+    monkeypatch.setattr(cpc, "sample_negatives", spy)
+    enc, loss = tiny_encoder(), make(mask_prob=0.05, mask_span=10, num_negatives=20, cpc_same_utterance=share)
+    feats, lens = random_batch(lens=(400, 300, 350))
+    run_loss(loss, enc, feats, lens)
+    (own_off, own_size, pos, own_idx), (_, batch_size, _, batch_idx) = drawn
+    assert own_idx.size(1) == round(20 * share) and batch_idx.size(1) == 20 - round(20 * share)
+    # The own-utterance draws stay inside the positive's utterance (a contiguous range of the flat pool) ...
+    assert ((own_idx >= own_off[:, None]) & (own_idx < (own_off + own_size)[:, None])).all()
+    assert (own_size < batch_size).all()
+    # ... and never pick the positive itself.
+    assert (own_idx != pos[:, None]).all() and (batch_idx != pos[:, None]).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -48,18 +49,30 @@ def test_loss_is_contrastive_mean_plus_weighted_diversity():
     assert abs((a_sum - b_sum).item() / a_count.item() - 0.3 * a["diversity"]) < 1e-4
 
 
-def test_gumbel_temperature_schedule_is_a_function_of_the_step():
-    loss = make(gumbel_temperature=(2.0, 0.5, 0.99))
+def test_gumbel_temperature_anneals_over_the_runs_own_g_steps():
+    loss = make(gumbel_temperature=(2.0, 0.5), gumbel_anneal_fraction=0.5)
     assert loss.gumbel_temperature.item() == 2.0
-    for step in (1, 10, 100, 1000, 5):
-        loss.step_end(step)
-        assert math.isclose(loss.gumbel_temperature.item(), max(2.0 * 0.99 ** step, 0.5), rel_tol=1e-6)
-    assert gumbel_temperature((2.0, 0.5, 0.99), 10_000) == 0.5
+    # 200 g steps, floor reached after half of them: geometric in between, a function of (g_step, g_steps).
+    for g_step in (0, 1, 50, 99, 100, 150, 5):
+        loss.set_progress(g_step, 200)
+        expected = 2.0 * (0.5 / 2.0) ** min(g_step / 100, 1.0)
+        assert math.isclose(loss.gumbel_temperature.item(), expected, rel_tol=1e-6)
+    loss.set_progress(50, 200)
+    assert math.isclose(loss.gumbel_temperature.item(), 1.0, rel_tol=1e-6)  # half-way in log space
+    assert gumbel_temperature((2.0, 0.5), 0.7, 10_000, 1000) == 0.5
+    # A run of 1000 g steps ends at the floor; the old per-update decay would have left it at 1.99.
+    assert gumbel_temperature((2.0, 0.5), 0.7, 999, 1000) == 0.5
     # Carried by the state dict: a module restored from a checkpoint anneals from the right place.
-    loss.step_end(50)
-    fresh = make(gumbel_temperature=(2.0, 0.5, 0.99))
+    fresh = make(gumbel_temperature=(2.0, 0.5))
     fresh.load_state_dict(loss.state_dict())
     assert fresh.gumbel_temperature.item() == loss.gumbel_temperature.item()
+
+
+def test_old_three_value_gumbel_schedule_loads_with_its_decay_ignored(caplog):
+    with caplog.at_level(logging.WARNING, logger="bljust"):
+        cfg = ssl_cfg("wav2vec2", gumbel_temperature=(2.0, 0.5, 0.999995))
+    assert cfg.gumbel_temperature == (2.0, 0.5)
+    assert "retired" in caplog.text
 
 
 def test_quantizer_gumbel_noise_from_generator_and_argmax_in_eval():
@@ -93,9 +106,9 @@ def test_encoder_sees_the_learned_mask_embedding_and_latents_are_unmasked():
             self.enc = tiny_encoder()
             self.subsampling = _SubSpy(self.enc.subsampling)
 
-        def forward(self, x, lens):
+        def forward(self, x, lens, layer=-1):
             calls.append(("encoder", x.detach().clone()))
-            return self.enc(x, lens)
+            return self.enc(x, lens, layer=layer)
 
     class _SubSpy(torch.nn.Module):
         def __init__(self, sub):
@@ -163,8 +176,8 @@ def test_works_through_a_ddp_style_wrapper():
             super().__init__()
             self.module = module
 
-        def forward(self, x, lens):
-            return self.module(x, lens)
+        def forward(self, x, lens, layer=-1):
+            return self.module(x, lens, layer=layer)
 
     enc = tiny_encoder()
     feats, lens = random_batch()

@@ -25,6 +25,9 @@ CASES = {
     "ptft-finetune": (["train.max_steps=8"], 7),          # dies while fine-tuning
     "ptft-frozen": (["train.max_steps=8", "ptft.pretrain_steps=2", "ptft.freeze_encoder_steps=3",
                      "ptft.encoder_lr_scale=0.5"], 5),   # dies with the encoder frozen
+    "bljust-hubert": (["train.max_steps=12", "bljust.outer_epochs=2", "bljust.explore_steps=2", "bljust.joint_steps=3",
+                       "bljust.finetune_steps=2", "ssl.loss=hubert", "ssl.clusters=8"], 7),  # cached targets reloaded
+    "just-wav2vec2": (["train.max_steps=8", "ssl.loss=wav2vec2"], 5),  # the Gumbel temperature follows g steps
     "bljust-reset": (["train.max_steps=9", "bljust.outer_epochs=1", "bljust.explore_steps=1", "bljust.joint_steps=3",
                       "bljust.reset_optimizer_at_finetune=true", "optim.name=sgd"], 7),  # dies in fine-tuning
     "pl": (["train.max_steps=10", "pl.min_chars_per_second=0"], 7),  # dies in round 2, after its labeling

@@ -11,10 +11,13 @@ Two rules, chosen with ``--budget-rule``:
   PL decodes the unlabeled split.
 
 Under both, inference (validation, PL's re-labeling) is not counted; its wall-clock is in the cost table.
+The topline (``TOPLINE``: supervised training with the unlabeled utterances' transcripts too) gets
+supervised's share.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -25,6 +28,12 @@ BUDGET_RULES = ("passes", "labeled")
 """The rule names, ``--budget-rule``'s choices; the first is the default."""
 
 log = logging.getLogger("bljust.compare")
+
+TOPLINE = "topline"
+"""Compare's topline: supervised training on the labeled split plus the unlabeled split's utterances with their
+transcripts (the corpus's ``unlabeled_text`` split), under the same budget: what transcribing everything buys."""
+TOPLINE_SPLIT = "unlabeled_text"
+"""The split of the unlabeled utterances with transcripts that the topline adds to ``data.labeled_splits``."""
 
 RULE_TITLES = {"passes": "equal batch passes", "labeled": "equal labeled updates"}
 RULE_UNITS = {"passes": "batch_passes", "labeled": "labeled_updates"}
@@ -57,13 +66,15 @@ def rule_text(rule: str, max_duration: float) -> str:
 def stream_batches(cfg: Config, data: Path, seed: int | None = None) -> tuple[int, int]:
     """Batches in one pass of the labeled and of the unlabeled stream of a run with ``seed`` (default
     ``train.seed``), as the training ``Run`` builds them: the labeled split with its speed-perturbed
-    copies, the unlabeled split less the held-out utterances, both through the duration filter.
+    copies (the union of ``data.labeled_splits``), the unlabeled split less the held-out utterances, both
+    through the duration filter.
 
     The label-length filter (which needs the tokenizer) is not applied, so this can over-count by
     the few labeled cuts it drops.
     """
     from bljust.data.loader import BatchStream, hold_out, speed_perturbed
     from bljust.data.manifests import load_split
+    from bljust.methods.common import load_labeled
 
     d = cfg.data
     seed = cfg.train.seed if seed is None else seed
@@ -72,7 +83,7 @@ def stream_batches(cfg: Config, data: Path, seed: int | None = None) -> tuple[in
         return cuts.filter(
             lambda c: d.min_utterance_seconds <= c.duration <= min(d.max_utterance_seconds, d.max_duration)).to_eager()
 
-    labeled = load_split(data, "labeled")
+    labeled = load_labeled(data, d.labeled_splits)
     if d.speed_perturb:  # before the filter, as in training: a slowed copy can outgrow the limit
         labeled = speed_perturbed(labeled, d.speed_perturb)
     unlabeled, _ = hold_out(usable(load_split(data, "unlabeled")), d.heldout_unlabeled_fraction,
@@ -83,6 +94,11 @@ def stream_batches(cfg: Config, data: Path, seed: int | None = None) -> tuple[in
                                   num_buckets=d.num_buckets, seed=seed + offset,
                                   buffer_size=d.buffer_size).batches_per_epoch())
     return counts[0], counts[1]
+
+
+def train_method(method: str) -> str:
+    """The training method a comparison entry runs: the topline is supervised training on more labels."""
+    return "supervised" if method == TOPLINE else method
 
 
 def ptft_pretrain_steps(cfg: Config, budget: int) -> int:
@@ -106,6 +122,10 @@ def method_settings(method: str, cfg: Config, budget: int, labeled_batches: int,
     check_rule(rule)
     if budget < 1:
         raise ValueError(f"the budget must be at least 1, not {budget}")
+    if method == TOPLINE:
+        splits = list(dict.fromkeys([*cfg.data.labeled_splits, TOPLINE_SPLIT]))
+        settings, steps = method_settings("supervised", cfg, budget, labeled_batches, unlabeled_batches, rule)
+        return [*settings, f"data.labeled_splits={json.dumps(splits)}"], steps
     if method not in METHOD_NAMES:
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(METHOD_NAMES)}")
     if method in ("supervised", "pl"):  # one labeled (or pseudo-labeled) batch and one pass per step

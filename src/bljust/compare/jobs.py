@@ -1,15 +1,19 @@
-"""The jobs of ``bljust compare``: one (method, seed) training run and its evaluation each.
+"""The jobs of ``bljust compare``: one (method, seed) training run and its evaluation each, then a
+linear probe of each trained encoder and of one random-init encoder.
 
 A job is a ``python -m bljust.compare job JOB.json`` subprocess (``run_job``) that trains, resuming
-from its checkpoints when a run was interrupted, selects ``best.pt`` on dev, evaluates it on dev and
-test once, and writes ``record.json`` in its run directory. Its key hashes everything that decides
-the trained model; a finished job is reused on a re-run when the key matches. Jobs run in parallel:
-one single-threaded process per core on CPU (the last wave may share the cores, see ``may_start``),
-one process per GPU.
+from its checkpoints when a run was interrupted, selects ``best.pt`` on dev, evaluates it once on dev,
+test and (when the corpus has it) test_unseen, and writes ``record.json`` in its run directory. Its
+key hashes everything that decides the trained model; a finished job is reused on a re-run when the
+key matches. A probe job (``kind`` "probe", ``bljust.probe``) reads a finished run's model and writes
+its own ``record.json`` under ``probes/``, keyed by the run's key and the probe's settings. Jobs run in
+parallel: one single-threaded process per core on CPU (the last wave may share the cores, see
+``may_start``), one process per GPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,13 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bljust.checkpoint import atomic_write_text
-from bljust.compare.budget import method_settings, stream_batches
+from bljust.compare.budget import TOPLINE, method_settings, stream_batches, train_method
 from bljust.config import Config, load_config, to_dict
 from bljust.methods import METHOD_SECTIONS
 
 log = logging.getLogger("bljust.compare")
 
 KEY_VERSION = 6  # bump when a config default or the training code changes what a run produces
+PROBE_KEY_VERSION = 1  # bump when the probe's code changes what it measures
+RANDOM_INIT = "random-init"
+"""The method name of the probe of a randomly initialised encoder (the floor of the probe table)."""
+EVAL_SPLITS = ("dev", "test")
+"""The splits every run is evaluated on; dev first (the LM's weight and word score are chosen there)."""
+TEST_UNSEEN = "test_unseen"
+"""An optional test split of voices in no other split, evaluated beside test when the corpus has it."""
 _METHOD_ONLY = {section for sections in METHOD_SECTIONS.values() for section in sections}
 
 
@@ -50,13 +61,20 @@ class Job:
     """Hash of the LM and decoding settings; when only this changed, the run is re-evaluated, not retrained."""
     rule: str = "passes"
     """The budget rule (``bljust.compare.budget``)."""
+    kind: str = "train"
+    """``train`` (train and evaluate a run) or ``probe`` (linear-probe the encoder of the run in ``source``)."""
+    source: Path | None = None
+    """A probe job's run directory whose model it probes (for the random-init probe: whose architecture,
+    units and feature statistics it borrows)."""
+    probe: dict | None = None
+    """A probe job's ``bljust.probe.ProbeConfig``, as a dict."""
     proc: subprocess.Popen | None = field(default=None, repr=False)
     threads: int = 1
     device: str = "cpu"
 
     @property
     def name(self) -> str:
-        return f"{self.method}-seed{self.seed}"
+        return ("probe-" if self.kind == "probe" else "") + f"{self.method}-seed{self.seed}"
 
     @property
     def log_path(self) -> Path:
@@ -119,12 +137,19 @@ def run_key(cfg: Config, data: Path, method: str, settings: list[str], rule: str
     """Hash of what decides a run's model: the non-default training settings its method reads, the
     data directory, the job's settings, the budget rule, and for a method that trains with the LM
     the ARPA file's hash and the decoding grid (which the decode section otherwise keeps out)."""
-    parts = [KEY_VERSION, json.dumps(training_settings(cfg, method), sort_keys=True), str(data.resolve()), method,
-             settings, rule]
+    parts = [KEY_VERSION, json.dumps(training_settings(cfg, train_method(method)), sort_keys=True),
+             str(data.resolve()), method, settings, rule]
     if uses_lm(cfg, method):
         d = cfg.decode
         parts.append([lm_sha256, d.beam_size, list(d.lm_weights), list(d.word_scores)])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def eval_splits(data: Path) -> tuple[str, ...]:
+    """The splits a comparison evaluates every run on: dev, test, and test_unseen when ``data`` has it."""
+    from bljust.data.manifests import has_split
+
+    return EVAL_SPLITS + ((TEST_UNSEEN,) if has_split(data, TEST_UNSEEN) else ())
 
 
 def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: list[int], budget: int,
@@ -132,6 +157,8 @@ def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: lis
     """One job per seed × method (seed-major: the first seed of every method finishes first); ``lm`` is
     the comparison's ``bljust.lm.PreparedLM`` (None: no LM)."""
     lm_path, lm_sha, decode_key = (lm.path, lm.sha256, lm.decode_key) if lm is not None else (None, "", "")
+    if (splits := eval_splits(data)) != EVAL_SPLITS:  # a corpus that gained test_unseen re-scores, not retrains
+        decode_key = hashlib.sha256(json.dumps([decode_key, splits]).encode()).hexdigest()[:16]
     jobs = []
     for seed in seeds:
         # one pass of each stream of this seed's runs: BL-JUST's plan (N2, N1 by default) depends on them
@@ -150,6 +177,33 @@ def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: lis
     return jobs
 
 
+def probe_key(source_key: str, probe: dict) -> str:
+    """Hash of what decides a probe: the probed run's key (its trained model) and the probe's settings."""
+    return hashlib.sha256(json.dumps([PROBE_KEY_VERSION, source_key, probe], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_probes(jobs: list[Job], out: Path) -> list[Job]:
+    """A probe job for every finished training job, and one of a random-init encoder of the architecture,
+    units and feature statistics of the first finished run that trained on the labeled split alone
+    (supervised when it ran; not the topline, whose units and statistics come from more data)."""
+    from bljust.probe import ProbeConfig
+
+    cfg = ProbeConfig()
+    finished = [j for j in jobs if j.kind == "train" and j.finished()]
+    probes = []
+    for j in finished:
+        settings = dataclasses.asdict(cfg)
+        probes.append(Job(j.method, j.seed, out / "probes" / j.run_dir.name, [], cfg.steps, j.budget,
+                          probe_key(j.key, settings), rule=j.rule, kind="probe", source=j.run_dir, probe=settings))
+    base = sorted((j for j in finished if j.method != TOPLINE), key=lambda j: j.method != "supervised")
+    if base:
+        settings = dataclasses.asdict(dataclasses.replace(cfg, random_init=True))
+        probes.append(Job(RANDOM_INIT, cfg.seed, out / "probes" / RANDOM_INIT, [], cfg.steps, base[0].budget,
+                          probe_key(base[0].key, settings), rule=base[0].rule, kind="probe", source=base[0].run_dir,
+                          probe=settings))
+    return probes
+
+
 def check_reusable(jobs: list[Job]) -> None:
     """Refuse to mix runs of other settings into this comparison (they would be resumed or reported)."""
     for j in jobs:
@@ -162,11 +216,24 @@ def check_reusable(jobs: list[Job]) -> None:
 # ------------------------------------------------------------------ one job (a subprocess)
 
 
+def run_probe_job(spec: dict) -> int:
+    """Probe the encoder of the run in ``spec["source"]`` (``bljust.probe``), write record.json."""
+    from bljust.probe import ProbeConfig, probe_run
+
+    result = probe_run(spec["source"], spec["data"], ProbeConfig(**spec["probe"]),
+                       "cuda" if spec["device"].startswith("cuda") else "cpu")
+    write_json(Path(spec["run_dir"]) / "record.json", {
+        "method": spec["method"], "seed": spec["seed"], "key": spec["key"], "decode_key": spec.get("decode_key", ""),
+        **result})
+    return 0
+
+
 def run_job(spec_path: Path) -> int:
-    """Train (or resume) one method × seed, evaluate best.pt on dev and test, write record.json.
+    """Train (or resume) one method × seed, evaluate best.pt on the evaluation splits, write record.json; or
+    run a probe job (``run_probe_job``).
 
     A run whose record.json has the same training key was trained already (only the decoding
-    settings changed): it is re-evaluated and keeps its training costs.
+    settings, or the splits evaluated, changed): it is re-evaluated and keeps its training costs.
     """
     import torch
 
@@ -177,6 +244,8 @@ def run_job(spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
     run_dir, data = Path(spec["run_dir"]), Path(spec["data"])
     torch.set_num_threads(spec["threads"])
+    if spec.get("kind", "train") == "probe":
+        return run_probe_job(spec)
     cfg = load_config(spec["config"], [*spec["settings"], f"train.num_threads={spec['threads']}",
                                        f"train.device={spec['device']}"])
     old = read_json(run_dir / "record.json")
@@ -186,12 +255,12 @@ def run_job(spec_path: Path) -> int:
     else:
         resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt"))
         started = time.time()
-        summary = METHODS[spec["method"]](cfg, data, run_dir, resume=resume)
+        summary = METHODS[train_method(spec["method"])](cfg, data, run_dir, resume=resume)
         costs = run_costs(summary, spec["budget"], time.time() - started, unlabeled_seconds(data))
     device = "cuda" if spec["device"].startswith("cuda") else "cpu"
     d = cfg.decode
-    scores = evaluate_run(run_dir, data, ("dev", "test"), device, lm=spec.get("lm"), lm_weights=d.lm_weights,
-                          word_scores=d.word_scores, beam_size=d.beam_size)
+    scores = evaluate_run(run_dir, data, tuple(spec.get("eval_splits", EVAL_SPLITS)), device, lm=spec.get("lm"),
+                          lm_weights=d.lm_weights, word_scores=d.word_scores, beam_size=d.beam_size)
     write_json(run_dir / "record.json", {
         "method": spec["method"], "seed": spec["seed"], "key": spec["key"], "decode_key": spec.get("decode_key", ""),
         "budget_rule": spec["budget_rule"], "settings": spec["settings"], **costs, **scores})
@@ -215,8 +284,11 @@ def start_job(job: Job, spec_common: dict) -> None:
     if job.device != "cpu":  # the job sees its one GPU as cuda:0
         env["CUDA_VISIBLE_DEVICES"] = job.device.split(":")[1]
     spec = {**spec_common, "method": job.method, "seed": job.seed, "run_dir": str(job.run_dir),
-            "settings": job.settings, "key": job.key, "budget": job.budget, "budget_rule": job.rule,
-            "threads": job.threads, "device": "cpu" if job.device == "cpu" else "cuda"}
+            "settings": job.settings, "key": job.key, "decode_key": job.decode_key, "budget": job.budget,
+            "budget_rule": job.rule, "threads": job.threads, "device": "cpu" if job.device == "cpu" else "cuda",
+            "kind": job.kind}
+    if job.kind == "probe":
+        spec.update(source=str(job.source), probe=job.probe)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     write_json(job.run_dir / "job.json", spec)
     with open(job.log_path, "ab") as logf:
@@ -311,8 +383,10 @@ def run_jobs(jobs: list[Job], spec_common: dict, parallel: int, devices: list[st
         while todo or running:
             while may_start(len(running), len(todo), parallel, on_gpu):
                 job = todo.pop(0)
-                # Cores left idle because fewer jobs than cores remain go to them as threads.
-                job.threads = 1 if on_gpu else cpu_threads(cores, parallel, len(running) + 1 + len(todo))
+                # Cores left idle because fewer jobs than cores remain go to them as threads. A probe
+                # always runs on one: its numbers must not depend on its place in the queue, and it is cheap.
+                job.threads = (1 if on_gpu or job.kind == "probe"
+                               else cpu_threads(cores, parallel, len(running) + 1 + len(todo)))
                 job.device = free_devices.pop(0) if on_gpu else "cpu"
                 start_job(job, spec_common)
                 running.append(job)

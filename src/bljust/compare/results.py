@@ -6,10 +6,12 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from bljust.compare.budget import BUDGET_RULES, spent
+from bljust.compare.budget import BUDGET_RULES, TOPLINE, spent
+from bljust.compare.jobs import RANDOM_INIT, TEST_UNSEEN
 from bljust.methods import METHOD_NAMES
 
-SCHEMA = "bljust.compare/2"
+SCHEMA = "bljust.compare/3"
+"""/3 added the topline entry, the optional test_unseen scores and the linear probes."""
 
 COST_KEYS = ("steps", "budget", "batch_passes", "labeled_batches", "unlabeled_batches", "train_seconds",
              "wall_seconds", "audio_hours", "labeled_hours", "unlabeled_hours", "labeled_passes", "unlabeled_passes",
@@ -22,7 +24,16 @@ RUN_KEYS = {"method": str, "seed": int, "run_dir": str, "budget_rule": str, "set
             "unlabeled_hours": float, "labeled_passes": float, "unlabeled_passes": float, "parameters": int,
             "inference_parameters": int, "best_step": int, "dev": dict, "test": dict}
 """Every run record's keys and types. ``train_seconds``: the training steps alone; ``wall_seconds``: the
-training call with its validation, checkpoints and PL's decoding (of the invocation that finished it)."""
+training call with its validation, checkpoints and PL's decoding (of the invocation that finished it).
+Optional: ``test_unseen`` (dict, as ``test``) when the corpus has that split, ``probe`` (dict: the linear
+probe's dev ``cer`` and ``wer`` and its head's final train loss) once the run's probe finished."""
+
+
+def probe_summary(record: dict) -> dict:
+    """What results.json keeps of a probe's record: its dev rates and final train loss (no wall-clock times,
+    so that results.json stays comparable between invocations)."""
+    return {"cer": record["dev"]["cer"], "wer": record["dev"]["wer"], "train_loss": record["train"]["loss_end"],
+            "model": record["model"]}
 
 
 def unlabeled_seconds(data: Path) -> float:
@@ -47,11 +58,11 @@ def run_costs(summary: dict, budget: int, wall_seconds: float, unlabeled_total_s
 
 
 def corpus_stats(data: Path) -> dict:
-    """Hours, utterances and speakers per split."""
-    from bljust.data.manifests import SPLITS, cut_speaker, has_split, load_split
+    """Hours, utterances and speakers per split, the optional ones included when present."""
+    from bljust.data.manifests import OPTIONAL_SPLITS, SPLITS, cut_speaker, has_split, load_split
 
     out = {}
-    for split in SPLITS:
+    for split in (*SPLITS, *OPTIONAL_SPLITS):
         if not has_split(data, split):
             continue
         cuts = load_split(data, split)
@@ -96,7 +107,7 @@ def validate_results(results: dict) -> None:
         where = f"runs[{i}]"
         for key, tp in RUN_KEYS.items():
             need(run, key, tp, where)
-        if run["method"] not in METHOD_NAMES:
+        if run["method"] not in (*METHOD_NAMES, TOPLINE):
             raise ValueError(f"results.json: {where}.method '{run['method']}' is not a known method")
         if run["budget_rule"] != rule or run["budget"] != budget["value"]:
             raise ValueError(f"results.json: {where} ran under the rule '{run['budget_rule']}' with a budget of "
@@ -106,7 +117,10 @@ def validate_results(results: dict) -> None:
             unit = "batch passes" if rule == "passes" else "supervised updates"
             raise ValueError(f"results.json: {where} ({run['method']}) made {used} {unit} on a budget of "
                              f"{run['budget']}")
-        for split in ("dev", "test"):
+        for split in ("dev", "test", TEST_UNSEEN):
+            if split == TEST_UNSEEN and split not in run:
+                continue
+            need(run, split, dict, where)
             for key in ("wer", "cer"):
                 need(run[split], key, float, f"{where}.{split}")
                 if not 0 <= run[split][key] < 10:
@@ -115,3 +129,10 @@ def validate_results(results: dict) -> None:
             if "lm" in run[split]:
                 for key in ("wer", "cer", "lm_weight", "word_score"):
                     need(run[split]["lm"], key, float, f"{where}.{split}.lm")
+        if "probe" in run:
+            need(run, "probe", dict, where)
+            need(run["probe"], "cer", float, f"{where}.probe")
+    if (probe := results.get("probe")) is not None:
+        need(results, "probe", dict, "top level")
+        if probe.get(RANDOM_INIT) is not None:
+            need(probe[RANDOM_INIT], "cer", float, f"probe.{RANDOM_INIT}")

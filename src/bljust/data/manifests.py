@@ -4,6 +4,10 @@ A data directory holds, per split, lhotse manifests in lhotse's own format:
 ``{split}_recordings.jsonl.gz`` and ``{split}_supervisions.jsonl.gz``. The demo corpus
 generator, ``bljust corpus import`` and any lhotse recipe output (after import) share it, so
 one loader serves all. Unlabeled supervisions carry no text.
+
+Besides the four splits every data directory has (:data:`SPLITS`), a synthesised corpus may
+have :data:`OPTIONAL_SPLITS`: ``test_unseen`` (scored, from speakers in no other split) and
+``unlabeled_text`` (the unlabeled recordings *with* transcripts, for topline runs only).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 from lhotse import CutSet, RecordingSet, SupervisionSet
 
 SPLITS = ("labeled", "unlabeled", "dev", "test")
+OPTIONAL_SPLITS = ("test_unseen", "unlabeled_text")
 SAMPLE_RATE = 16000
 
 
@@ -31,12 +36,22 @@ def write_split(data_dir: str | Path, split: str, recordings: RecordingSet, supe
         tmp.replace(path)
 
 
+def _check_split_name(split: str) -> None:
+    # A misspelt split ("unlabelled") would otherwise read as a split that is simply absent.
+    if split not in SPLITS and split not in OPTIONAL_SPLITS:
+        raise ValueError(f"unknown split {split!r}; a bljust data directory has {', '.join(SPLITS)} "
+                         f"and may have {', '.join(OPTIONAL_SPLITS)}")
+
+
 def has_split(data_dir: str | Path, split: str) -> bool:
+    """Whether both manifests of ``split`` (one of SPLITS or OPTIONAL_SPLITS) exist."""
+    _check_split_name(split)
     return all(p.is_file() for p in manifest_paths(data_dir, split))
 
 
 def load_split(data_dir: str | Path, split: str) -> CutSet:
-    """One cut per supervision segment of ``split``, in manifest order."""
+    """One cut per supervision segment of ``split`` (one of SPLITS or OPTIONAL_SPLITS), in manifest order."""
+    _check_split_name(split)
     rec_path, sup_path = manifest_paths(data_dir, split)
     missing = [str(p) for p in (rec_path, sup_path) if not p.is_file()]
     if missing:

@@ -1,4 +1,4 @@
-"""The demo corpus: Jane Austen read by many synthetic voices, split for semi-supervised ASR.
+"""The demo corpus: Austen (or voice-assistant commands) read by many synthetic voices, split for semi-supervised ASR.
 
 No real speech corpus is reachable from these machines, so bljust makes its own from speech
 synthesis engines in Debian main (see docs/data.md): espeak-ng, flite and festival. Each
@@ -8,9 +8,17 @@ gets a little jitter of rate and pitch and additive noise at 5-40 dB SNR.
 
 Splits are by speaker: ``labeled`` (a few speakers, with transcripts), ``unlabeled`` (many
 speakers, text withheld), ``dev`` and ``test`` (held-out speakers reading held-out sentences).
+A :class:`~bljust.data.scenarios.Scenario` sets their sizes and the text domain (Austen or
+:mod:`bljust.data.grammar`'s commands), and may add two things: *in-domain* unlabeled audio
+(the dev and test speakers reading other sentences, put in the unlabeled split) and a
+``test_unseen`` split whose speakers are in no other split. Each kind of audio is planned as a
+*stream* with its own budget, speakers, sentence pool and random generator; the sentence pools
+are disjoint, so no scored sentence is read in training, by any speaker.
+
 Output: 16 kHz mono FLAC under ``out_dir/audio/<split>/<speaker>/<utt_id>.flac``, lhotse
 manifests per split (:mod:`bljust.data.manifests`; supervision ``custom["group"]`` is the
-voice family), ``summary.json`` (hours per split and family, speed, speaker table) and
+voice family), also ``unlabeled_text``: the unlabeled recordings with their transcripts, for
+topline runs; ``summary.json`` (scenario, hours per split and family, speed, speaker table),
 ``utterances.tsv`` (what was synthesised, including the unlabeled text the manifests withhold)
 and ``lm_text.txt`` (text for an n-gram LM, without the sentences of any split but the labeled one).
 
@@ -46,7 +54,10 @@ import numpy as np
 import scipy.fft
 import soundfile as sf
 
+from bljust.data.grammar import COMMAND_SENTENCES, command_sentences
 from bljust.data.manifests import SAMPLE_RATE, SPLITS
+# SCENARIOS is re-exported: callers of synthesize_corpus pick presets from it.
+from bljust.data.scenarios import SCENARIOS, TEXT_DOMAINS, Scenario, resolve_scenario  # noqa: F401
 from bljust.data.text import austen_sentences, normalize_transcript
 
 logger = logging.getLogger("bljust.synth")
@@ -56,13 +67,14 @@ APT_INSTALL = ("apt-get install -y espeak-ng flite festival festvox-kallpc16k fe
                "festvox-us-slt-hts sox libsox-fmt-all flac")
 ENGINE_BINARIES = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival", "sox": "sox"}
 
-# Speakers per split (the labeled count is an argument). Dev and test get one speaker of each
-# family per cycle so per-family scores rest on more than one voice; the training splits lean
-# towards espeak-ng, the family with by far the most distinct voices.
+# Speakers per split (the labeled count is an argument). Dev and test (and test_unseen) get
+# one speaker of each family per cycle so per-family scores rest on more than one voice; the
+# training splits lean towards espeak-ng, the family with by far the most distinct voices.
 UNLABELED_SPEAKERS = 40
 EVAL_SPEAKERS = 6
 TRAIN_FAMILY_CYCLE = ("espeak", "flite", "festival", "espeak")
 EVAL_FAMILY_CYCLE = ("espeak", "flite", "festival")
+SCORED_SPLITS = ("dev", "test", "test_unseen")
 
 ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan",
                  "en-gb-x-gbcwmd", "en-us-nyc")
@@ -155,13 +167,19 @@ def _draw_channel(rng: np.random.Generator) -> tuple[str, tuple[str, ...]]:
     return kind, reverb + ("lowpass", str(int(rng.integers(3500, 6001))))
 
 
-def make_speakers(seed: int, labeled_speakers: int = 4) -> dict[str, list[Speaker]]:
-    """The speakers of every split; ids are unique across splits (``espeak07``, ``flite03``)."""
+def make_speakers(seed: int, labeled_speakers: int = 4, test_unseen: bool = False) -> dict[str, list[Speaker]]:
+    """The speakers of every split; ids are unique across splits (``espeak07``, ``flite03``).
+
+    With ``test_unseen``, a ``test_unseen`` entry gets 6 more speakers. They are dealt after all
+    others, from the same generator, so every other speaker is the same with or without them.
+    (flite and festival have 4 and 3 engine voices, so they share those with other splits'
+    speakers, as dev and test already do, told apart by their offsets and channels.)
+    """
     if labeled_speakers < 1:
         raise ValueError("labeled_speakers must be at least 1")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     counts = {"labeled": labeled_speakers, "unlabeled": UNLABELED_SPEAKERS,
-              "dev": EVAL_SPEAKERS, "test": EVAL_SPEAKERS}
+              "dev": EVAL_SPEAKERS, "test": EVAL_SPEAKERS, "test_unseen": EVAL_SPEAKERS if test_unseen else 0}
     # Every espeak speaker gets its own accent x variant; flite and festival have few voices,
     # so they are dealt round-robin from a shuffled deck and told apart by their offsets.
     espeak_deck = [f"{v}+{var}" for v in ESPEAK_VOICES for var in ESPEAK_VARIANTS]
@@ -172,8 +190,8 @@ def make_speakers(seed: int, labeled_speakers: int = 4) -> dict[str, list[Speake
     dealt = defaultdict(int)
     speakers: dict[str, list[Speaker]] = {}
     # Eval speakers are dealt first, so dev and test each get distinct flite and festival voices.
-    for split in ("dev", "test", "labeled", "unlabeled"):
-        cycle = EVAL_FAMILY_CYCLE if split in ("dev", "test") else TRAIN_FAMILY_CYCLE
+    for split in ("dev", "test", "labeled", "unlabeled", "test_unseen"):
+        cycle = EVAL_FAMILY_CYCLE if split in SCORED_SPLITS else TRAIN_FAMILY_CYCLE
         speakers[split] = []
         for k in range(counts[split]):
             family = cycle[k % len(cycle)]
@@ -190,7 +208,7 @@ def make_speakers(seed: int, labeled_speakers: int = 4) -> dict[str, list[Speake
                 noise=list(NOISE_COLOURS)[rng.integers(len(NOISE_COLOURS))],
                 snr_db=round(float(rng.uniform(12.0, 33.0)), 1),
                 level_db=round(float(rng.uniform(-12.0, -1.0)), 1)))
-    return {split: speakers[split] for split in SPLITS}
+    return {split: speakers[split] for split in (*SPLITS, "test_unseen") if split in SPLITS or test_unseen}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,10 +431,25 @@ def check_engines() -> None:
                            f"install with: {APT_INSTALL}")
 
 
+# Planning streams: name -> the manifest split its utterances go to. Utterances of a stream come
+# from its own speakers, sentence pool and generator; "in_domain" is the dev and test speakers
+# reading other sentences for the unlabeled split. This order is the planning order of a round
+# (the four splits first, as before streams existed, so their utterance ids are unchanged).
+STREAMS = {"labeled": "labeled", "unlabeled": "unlabeled", "dev": "dev", "test": "test",
+           "test_unseen": "test_unseen", "in_domain": "unlabeled"}
+# Sentence-pool order: the pool sizes are proportional to the budgets and the last pool takes
+# the rounding remainder, so "test" stays last, and a stream without budget gets an empty pool
+# and leaves the others exactly as they were.
+POOL_ORDER = ("labeled", "unlabeled", "in_domain", "dev", "test_unseen", "test")
+# Per-stream generator keys: the four splits keep the index they always had.
+STREAM_RNG_KEYS = {"labeled": 0, "unlabeled": 1, "dev": 2, "test": 3, "in_domain": 4, "test_unseen": 5}
+
+
 @dataclass
 class _SplitState:
-    """Planning state of one split across rounds."""
-    split: str
+    """Planning state of one stream (a split, or the in-domain part of the unlabeled split) across rounds."""
+    name: str                     # stream name (a key of STREAMS)
+    split: str                    # the manifest split its utterances go to
     budget_s: float
     speakers: list[Speaker]
     pool: list[int]               # indices into the sentence list
@@ -439,16 +472,16 @@ class _SplitState:
 
 
 def _sentence_pools(n_sentences: int, budgets: dict[str, float], rng: np.random.Generator) -> dict[str, list[int]]:
-    """Disjoint sentence pools per split, sized in proportion to the split's minutes.
+    """Disjoint sentence pools per stream (in the order of ``budgets``), sized in proportion to its minutes.
 
-    Disjoint pools are what keeps dev/test sentences out of training; a split that needs more
+    Disjoint pools are what keeps dev/test sentences out of training; a stream that needs more
     sentences than its pool reuses its own pool (with other speakers), never another's.
     """
     order = rng.permutation(n_sentences).tolist()
     total = sum(budgets.values())
     pools, start = {}, 0
-    for i, split in enumerate(SPLITS):
-        if i == len(SPLITS) - 1:
+    for i, split in enumerate(budgets):
+        if i == len(budgets) - 1:
             size = n_sentences - start
         else:
             size = int(n_sentences * budgets[split] / total) if total > 0 else 0
@@ -467,12 +500,12 @@ def _plan_round(st: _SplitState, sentences: list[str], word_counts: list[int], a
     plan, estimate = [], 0.0
     while estimate < deficit and st.pool:
         if st.cursor >= len(st.pool) and not st.reused_warning:
-            logger.warning("split %s used all %d of its sentences; reusing them with other speakers",
-                           st.split, len(st.pool))
+            logger.warning("%s used all %d of its sentences; reusing them with other speakers",
+                           st.name, len(st.pool))
             st.reused_warning = True
         idx = st.pool[st.cursor % len(st.pool)]
         st.cursor += 1
-        # Round-robin over the split's speakers, whose order interleaves the families.
+        # Round-robin over the stream's speakers, whose order interleaves the families.
         spk = st.speakers[st.planned % len(st.speakers)]
         st.planned += 1
         spk_counts[spk.id] += 1
@@ -537,53 +570,98 @@ def _run_tasks(tasks: list[Task], pool: ProcessPoolExecutor | None,
         on_done(fut.result())
 
 
-def synthesize_corpus(out_dir: str | Path, labeled_minutes: float = 12.0, unlabeled_minutes: float = 120.0,
-                      dev_minutes: float = 8.0, test_minutes: float = 8.0, seed: int = 0, jobs: int = 2,
-                      progress: bool = True, labeled_speakers: int = 4) -> dict[str, Any]:
-    """Synthesise the demo corpus into ``out_dir``; return (and write as summary.json) its summary.
+def domain_sentences(text: str, seed: int, n_commands: int = COMMAND_SENTENCES) -> list[str]:
+    """The engine-input sentences of a text domain, whose indices the sentence pools hold.
 
-    Utterances are added to each split until its minute budget is reached: the plan estimates
+    Austen's list is the same for every seed (the pools shuffle it); the command list is drawn
+    from the grammar with the seed.
+    """
+    if text == "austen":
+        return austen_sentences()
+    if text == "commands":
+        return command_sentences(seed, n_commands)
+    raise ValueError(f"unknown text domain {text!r}; choose from {', '.join(TEXT_DOMAINS)}")
+
+
+def _stream_speakers(speakers_by_split: dict[str, list[Speaker]], stream: str) -> list[Speaker]:
+    if stream == "in_domain":
+        # The scored population, dev then test: the round-robin still alternates families.
+        return speakers_by_split["dev"] + speakers_by_split["test"]
+    return speakers_by_split[stream]
+
+
+def _plan_states(scenario: Scenario, seed: int, audio_dir: Path
+                 ) -> tuple[list[str], list[int], dict[str, list[Speaker]], dict[str, _SplitState]]:
+    """Sentences, their word counts, the speakers by split and one planning state per stream.
+
+    Streams that a scenario does not use (no in-domain audio, no test_unseen) are absent: they
+    draw nothing, so the four splits are planned exactly as before scenarios existed.
+    """
+    budgets = {"labeled": scenario.labeled_minutes * 60.0, "unlabeled": scenario.unlabeled_minutes * 60.0,
+               "dev": scenario.dev_minutes * 60.0, "test": scenario.test_minutes * 60.0,
+               "test_unseen": scenario.test_unseen_minutes * 60.0, "in_domain": scenario.in_domain_minutes * 60.0}
+    sentences = domain_sentences(scenario.text, seed)
+    # Only for duration estimates, so whitespace words are close enough (and 10x cheaper).
+    word_counts = [len(s.split()) for s in sentences]
+    speakers_by_split = make_speakers(seed, scenario.labeled_speakers, test_unseen=budgets["test_unseen"] > 0)
+    pools = _sentence_pools(len(sentences), {name: budgets[name] for name in POOL_ORDER},
+                            np.random.default_rng(np.random.SeedSequence([seed, 2])))
+    states = {name: _SplitState(name, split, budgets[name], _stream_speakers(speakers_by_split, name), pools[name],
+                                np.random.default_rng(np.random.SeedSequence([seed, 3, STREAM_RNG_KEYS[name]])))
+              for name, split in STREAMS.items() if name in SPLITS or budgets[name] > 0}
+    return sentences, word_counts, speakers_by_split, states
+
+
+def synthesize_corpus(out_dir: str | Path, labeled_minutes: float | None = None,
+                      unlabeled_minutes: float | None = None, dev_minutes: float | None = None,
+                      test_minutes: float | None = None, seed: int = 0, jobs: int = 2, progress: bool = True,
+                      labeled_speakers: int | None = None, *, scenario: str | Scenario = "unseen",
+                      in_domain_minutes: float | None = None, test_unseen_minutes: float | None = None,
+                      text: str | None = None) -> dict[str, Any]:
+    """Synthesise a corpus into ``out_dir``; return (and write as summary.json) its summary.
+
+    ``scenario`` is a preset name of :data:`SCENARIOS` (default ``unseen``: the original demo
+    corpus, identical for a seed to what this function made before scenarios existed) or a
+    :class:`Scenario`; every other setting that is not None overrides the scenario's value.
+
+    Utterances are added to each stream until its minute budget is reached: the plan estimates
     durations from word counts, the real durations are measured, and further rounds fill any
     shortfall. Engine failures on a sentence are retried once and then skipped with a warning.
     """
     from tqdm.auto import tqdm
 
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    resolved = resolve_scenario(scenario, labeled_minutes=labeled_minutes, labeled_speakers=labeled_speakers,
+                                unlabeled_minutes=unlabeled_minutes, in_domain_minutes=in_domain_minutes,
+                                test_unseen_minutes=test_unseen_minutes, dev_minutes=dev_minutes,
+                                test_minutes=test_minutes, text=text)
     check_engines()
     out_dir = Path(out_dir).resolve()
     audio_dir = out_dir / "audio"
-    budgets = {"labeled": labeled_minutes * 60.0, "unlabeled": unlabeled_minutes * 60.0,
-               "dev": dev_minutes * 60.0, "test": test_minutes * 60.0}
-    if any(b < 0 for b in budgets.values()):
-        raise ValueError(f"negative minute budget: {budgets}")
-
-    sentences = austen_sentences()
-    # Only for duration estimates, so whitespace words are close enough (and 10x cheaper).
-    word_counts = [len(s.split()) for s in sentences]
-    speakers_by_split = make_speakers(seed, labeled_speakers)
+    sentences, word_counts, speakers_by_split, states = _plan_states(resolved, seed, audio_dir)
     speakers = {s.id: s for spks in speakers_by_split.values() for s in spks}
-    pools = _sentence_pools(len(sentences), budgets, np.random.default_rng(np.random.SeedSequence([seed, 2])))
-    states = {split: _SplitState(split, budgets[split], speakers_by_split[split], pools[split],
-                                 np.random.default_rng(np.random.SeedSequence([seed, 3, i])))
-              for i, split in enumerate(SPLITS)}
 
     spk_counts: dict[str, int] = defaultdict(int)
     done: dict[str, tuple[Utterance, int]] = {}   # utt id -> (utterance, samples)
+    stream_of: dict[str, str] = {}                # utt id -> stream name
     plan_order: list[Utterance] = []
     skipped: list[dict[str, str]] = []
     audio_samples = 0
 
     with _worker_pool(jobs) as pool, tqdm(total=0, unit="utt", desc="synthesising", disable=not progress) as bar:
         for round_no in range(MAX_ROUNDS):
-            plan = [u for split in SPLITS
-                    for u in _plan_round(states[split], sentences, word_counts, audio_dir, spk_counts)]
+            plan = []
+            for name, st in states.items():
+                for utt in _plan_round(st, sentences, word_counts, audio_dir, spk_counts):
+                    stream_of[utt.id] = name
+                    plan.append(utt)
             if not plan:
                 break
             plan_order += plan
             by_id = {u.id: u for u in plan}
             bar.total += len(plan)
             bar.refresh()
-            before = {split: states[split].samples for split in SPLITS}
+            before = {name: st.samples for name, st in states.items()}
 
             def on_done(results: list[Result]) -> None:
                 nonlocal audio_samples
@@ -597,8 +675,9 @@ def synthesize_corpus(out_dir: str | Path, labeled_minutes: float = 12.0, unlabe
                         skipped.append({"id": utt_id, "engine": engine, "voice": spk.voice, "reason": str(reason)})
                         continue
                     done[utt_id] = (utt, samples)
-                    states[utt.split].samples += samples
-                    states[utt.split].words += utt.words
+                    st = states[stream_of[utt_id]]
+                    st.samples += samples
+                    st.words += utt.words
                     audio_samples += samples
                 bar.update(len(results))
                 bar.set_postfix(audio_min=f"{audio_samples / SAMPLE_RATE / 60:.1f}")
@@ -607,17 +686,18 @@ def synthesize_corpus(out_dir: str | Path, labeled_minutes: float = 12.0, unlabe
             _run_tasks(_tasks(plan, speakers), pool, on_done)
             logger.info("round %d: %d utterances, %.1f min of audio in %.1f s", round_no + 1, len(plan),
                         (audio_samples - samples_before) / SAMPLE_RATE / 60.0, time.perf_counter() - t_round)
-            stuck = [s for s in SPLITS if states[s].samples == before[s] and states[s].seconds < budgets[s]]
+            stuck = [name for name, st in states.items() if st.samples == before[name] and st.seconds < st.budget_s]
             if stuck:
-                raise RuntimeError(f"no utterance of split(s) {', '.join(stuck)} could be synthesised in "
+                raise RuntimeError(f"no utterance of {', '.join(stuck)} could be synthesised in "
                                    f"round {round_no + 1}; see the warnings of logger 'bljust.synth'")
         else:
             logger.warning("stopped after %d rounds with budgets not yet reached", MAX_ROUNDS)
 
-    _write_manifests(out_dir, plan_order, done, speakers)
+    splits = [*SPLITS, *(["test_unseen"] if "test_unseen" in states else [])]
+    _write_manifests(out_dir, splits, plan_order, done, speakers)
     _write_utterance_table(out_dir / "utterances.tsv", plan_order, done, speakers)
-    summary = _summarize(plan_order, done, speakers, skipped, budgets, seed, jobs,
-                         wall=time.perf_counter() - t0, cpu=_cpu_seconds() - cpu0)
+    summary = _summarize(plan_order, done, speakers, skipped, states, stream_of, resolved, len(sentences), seed,
+                         jobs, wall=time.perf_counter() - t0, cpu=_cpu_seconds() - cpu0)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_lm_text(out_dir)
     return summary
@@ -626,10 +706,14 @@ def synthesize_corpus(out_dir: str | Path, labeled_minutes: float = 12.0, unlabe
 def write_lm_text(out_dir: str | Path) -> Path:
     """Write ``lm_text.txt``: text for a word n-gram LM, one normalised sentence per line.
 
-    Every Austen sentence except those read in the unlabeled, dev and test splits: the labeled
-    transcripts plus the text no audio uses, like LibriSpeech's LM corpus beside its audio. The
-    dev and test sentences must stay out (they would leak the answers), and so does the
-    unlabeled split's text, which the manifests withhold. Needs the corpus's ``utterances.tsv``.
+    Every sentence of the corpus's text domain except those read in the unlabeled, dev, test
+    and test_unseen splits: the labeled transcripts plus the text no audio uses, like
+    LibriSpeech's LM corpus beside its audio. For Austen that is every sentence of the novels
+    (of any length); for commands, the corpus's whole grammar-drawn list (same seed and size,
+    from summary.json). The scored sentences must stay out (they would leak the answers), and so
+    does the unlabeled split's text, which the manifests withhold. Needs the corpus's
+    ``utterances.tsv``; a corpus without ``summary.json`` or without a text domain in it
+    predates the commands domain, so it is Austen.
     """
     out_dir = Path(out_dir)
     table = out_dir / "utterances.tsv"
@@ -643,7 +727,14 @@ def write_lm_text(out_dir: str | Path) -> Path:
             cols = line.rstrip("\n").split("\t")
             if len(cols) > text_col and cols[split_col] != "labeled":
                 held_out.add(normalize_transcript(cols[text_col]))
-    lines = [t for t in (normalize_transcript(s) for s in austen_sentences(1, 10**6)) if t and t not in held_out]
+    summary_path = out_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    settings = summary.get("scenario_settings", {})
+    if settings.get("text", "austen") == "austen":
+        universe = austen_sentences(1, 10**6)
+    else:
+        universe = domain_sentences(settings["text"], summary["seed"], summary["text_sentences"])
+    lines = [t for t in (normalize_transcript(s) for s in universe) if t and t not in held_out]
     path = out_dir / "lm_text.txt"
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -674,28 +765,35 @@ def _write_utterance_table(path: Path, plan_order: list[Utterance], done: dict[s
     path.write_text("\n".join(rows) + "\n")
 
 
-def _write_manifests(out_dir: Path, plan_order: list[Utterance], done: dict[str, tuple[Utterance, int]],
-                     speakers: dict[str, Speaker]) -> None:
+def _write_manifests(out_dir: Path, splits: list[str], plan_order: list[Utterance],
+                     done: dict[str, tuple[Utterance, int]], speakers: dict[str, Speaker]) -> None:
+    """Manifests of ``splits``, and of ``unlabeled_text``: the unlabeled recordings with transcripts."""
     from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
     from bljust.data.manifests import write_split
 
-    for split in SPLITS:
-        recordings, supervisions = [], []
-        for utt in plan_order:
-            if utt.split != split or utt.id not in done:
-                continue
-            rec = Recording.from_file(utt.path, recording_id=utt.id)
-            if rec.num_samples != done[utt.id][1] or rec.sampling_rate != SAMPLE_RATE:
-                raise RuntimeError(f"{utt.path}: audio on disk does not match what was written")
-            recordings.append(rec)
-            supervisions.append(SupervisionSegment(
-                id=utt.id, recording_id=utt.id, start=0.0, duration=rec.duration, channel=0,
-                text=None if split == "unlabeled" else normalize_transcript(utt.text),
-                speaker=utt.speaker, language="English",
-                custom={"group": speakers[utt.speaker].family}))
-        write_split(out_dir, split, RecordingSet.from_recordings(recordings),
-                    SupervisionSet.from_segments(supervisions))
+    entries: dict[str, list[tuple[Recording, Utterance]]] = defaultdict(list)
+    for utt in plan_order:
+        if utt.id not in done:
+            continue
+        rec = Recording.from_file(utt.path, recording_id=utt.id)
+        if rec.num_samples != done[utt.id][1] or rec.sampling_rate != SAMPLE_RATE:
+            raise RuntimeError(f"{utt.path}: audio on disk does not match what was written")
+        entries[utt.split].append((rec, utt))
+
+    def supervision(rec: Recording, utt: Utterance, with_text: bool) -> SupervisionSegment:
+        return SupervisionSegment(
+            id=utt.id, recording_id=utt.id, start=0.0, duration=rec.duration, channel=0,
+            text=normalize_transcript(utt.text) if with_text else None,
+            speaker=utt.speaker, language="English", custom={"group": speakers[utt.speaker].family})
+
+    # unlabeled_text is written last: a crash in between must not leave a corpus whose only
+    # unlabeled manifests are the transcribed ones.
+    for split, manifest_split, with_text in [*((s, s, s != "unlabeled") for s in splits),
+                                             ("unlabeled", "unlabeled_text", True)]:
+        items = entries[split]
+        write_split(out_dir, manifest_split, RecordingSet.from_recordings(rec for rec, _ in items),
+                    SupervisionSet.from_segments(supervision(rec, utt, with_text) for rec, utt in items))
 
 
 def _totals(items: Iterable[tuple[Utterance, int]]) -> dict[str, Any]:
@@ -707,22 +805,35 @@ def _totals(items: Iterable[tuple[Utterance, int]]) -> dict[str, Any]:
 
 
 def _summarize(plan_order: list[Utterance], done: dict[str, tuple[Utterance, int]],
-               speakers: dict[str, Speaker], skipped: list[dict[str, str]], budgets: dict[str, float],
-               seed: int, jobs: int, wall: float, cpu: float) -> dict[str, Any]:
+               speakers: dict[str, Speaker], skipped: list[dict[str, str]], states: dict[str, _SplitState],
+               stream_of: dict[str, str], scenario: Scenario, n_sentences: int, seed: int, jobs: int,
+               wall: float, cpu: float) -> dict[str, Any]:
     finished = [done[u.id] for u in plan_order if u.id in done]
 
     def family(item: tuple[Utterance, int]) -> str:
         return speakers[item[0].speaker].family
 
+    def entry(items: list[tuple[Utterance, int]], budget_s: float) -> dict[str, Any]:
+        return {**_totals(items), "budget_minutes": round(budget_s / 60.0, 3),
+                "families": {f: _totals(it for it in items if family(it) == f) for f in FAMILIES}}
+
     splits = {}
-    for split in SPLITS:
+    for split in dict.fromkeys(st.split for st in states.values()):
         items = [it for it in finished if it[0].split == split]
-        splits[split] = {**_totals(items), "budget_minutes": round(budgets[split] / 60.0, 3),
-                         "families": {f: _totals(it for it in items if family(it) == f) for f in FAMILIES}}
+        splits[split] = entry(items, sum(st.budget_s for st in states.values() if st.split == split))
+    if "in_domain" in states:
+        # The part of the unlabeled split that the dev and test speakers read.
+        splits["unlabeled"]["in_domain"] = entry([it for it in finished if stream_of[it[0].id] == "in_domain"],
+                                                 states["in_domain"].budget_s)
     total = _totals(finished)
     return {
         "seed": seed,
         "jobs": jobs,
+        "scenario": scenario.name,
+        # The values the corpus was made with: the scenario's, with any overrides applied.
+        "scenario_settings": scenario.settings(),
+        # Size of the sentence list the pools index (write_lm_text redraws a command list of it).
+        "text_sentences": n_sentences,
         "splits": splits,
         "families": {f: _totals(it for it in finished if family(it) == f) for f in FAMILIES},
         "total": total,
@@ -740,18 +851,26 @@ def _summarize(plan_order: list[Utterance], done: dict[str, tuple[Utterance, int
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A plain-text table: one row per split and voice family, then totals and speed."""
-    header = f"{'split':<10} {'family':<9} {'hours':>7} {'minutes':>8} {'utts':>6} {'spkrs':>6}"
-    lines = [header, "-" * len(header)]
+    """A plain-text table: the scenario, one row per split and voice family (and the in-domain part
+    of the unlabeled split), then totals and speed."""
+    header = f"{'split':<11} {'family':<9} {'hours':>7} {'minutes':>8} {'utts':>6} {'spkrs':>6}"
+    lines = []
+    if "scenario" in summary:  # corpora made before scenarios have none
+        settings = summary["scenario_settings"]
+        lines.append(f"scenario {summary['scenario']}: {settings['text']} text, "
+                     + ", ".join(f"{k} {v:g}" for k, v in settings.items() if k != "text"))
+    lines += [header, "-" * len(header)]
 
     def row(split: str, fam: str, t: dict[str, Any]) -> str:
-        return (f"{split:<10} {fam:<9} {t['hours']:>7.3f} {t['minutes']:>8.1f} "
+        return (f"{split:<11} {fam:<9} {t['hours']:>7.3f} {t['minutes']:>8.1f} "
                 f"{t['utterances']:>6d} {t['speakers']:>6d}")
 
     for split, s in summary["splits"].items():
         lines.append(row(split, "all", s))
         for fam, t in s["families"].items():
             lines.append(row("", fam, t))
+        if "in_domain" in s:
+            lines.append(row("", "in-domain", s["in_domain"]))
     lines.append("-" * len(header))
     for fam, t in summary["families"].items():
         lines.append(row("total", fam, t))

@@ -12,10 +12,12 @@ and calls the encoder itself.
   encoders: contexts predict the stop-gradient targets of *masked* frames 1..K ahead.
 - :class:`~bljust.losses.wav2vec2.Wav2Vec2Loss`: wav2vec 2.0-style masked contrastive loss with
   a Gumbel-softmax product quantiser and the codebook diversity loss.
+- :class:`~bljust.losses.hubert.HubertLoss`: HuBERT (Hsu et al., 2021), masked prediction of
+  k-means cluster ids computed once per utterance (:mod:`bljust.ssl_targets`), cross-entropy.
 
 Conventions shared by all of them:
 
-- ``forward(encoder, feats, lens, generator) -> (loss_sum, count, stats)``: ``loss_sum`` is a
+- ``forward(encoder, feats, lens, generator, ids) -> (loss_sum, count, stats)``: ``loss_sum`` is a
   float32 scalar summed over the predicted positions, ``count`` a float32 scalar (the number of
   positions) so that a DDP caller can normalise by the count summed over processes;
   ``stats`` are plain floats (one device sync per call).
@@ -25,8 +27,11 @@ Conventions shared by all of them:
   construction from their own seeded generator, so every process builds the same ones.
 - Logits, softmax and cross-entropy run in float32 with autocast disabled; the encoder may run
   under bf16 autocast.
-- ``step_end(step)`` is a pure function of ``step`` (the number of optimiser steps done):
-  calling it after restoring a checkpoint, or after every step, gives the same state.
+- ``set_progress(g_step, g_steps)`` is a pure function of the run's g steps done and planned:
+  calling it after restoring a checkpoint, or before every g step, gives the same state.
+- Each loss masks with ``cfg.masking()`` (its own defaults unless configured) and reads the
+  encoder's block ``cfg.layer``; every loss that masks logs ``masked_frac``, the fraction of valid
+  encoder frames actually masked.
 - ``encoder`` may be wrapped (DDP): attributes (``subsampling``, ``output_lengths``) are looked
   up on ``encoder.module`` when present, while the forward pass goes through the wrapper.
 """
@@ -45,21 +50,26 @@ __all__ = ["SSLLoss", "build_ssl_loss", "unwrap", "sample_negatives", "info_nce"
 class SSLLoss(nn.Module):
     """Base class of the self-supervised losses (see the module docstring for the contract)."""
 
-    def forward(self, encoder: nn.Module, feats: Tensor, lens: Tensor,
-                generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, float]]:
-        """feats: (B, T, F) normalised log-mel of unlabeled audio (zeros beyond lens), lens: (B,) frames.
+    def forward(self, encoder: nn.Module, feats: Tensor, lens: Tensor, generator: torch.Generator,
+                ids: list[str] | None = None) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """feats: (B, T, F) normalised log-mel of unlabeled audio (zeros beyond lens), lens: (B,) frames,
+        ids: the cut ids of the batch (needed by losses with per-utterance targets).
 
         Returns ``(loss_sum, count, stats)``: the loss summed over predicted positions, the number
         of positions (both float32 scalar tensors on the features' device) and health metrics.
         """
         raise NotImplementedError
 
-    def step_end(self, step: int) -> None:
-        """Per-step schedule update; a pure function of ``step`` (default: nothing)."""
+    def set_progress(self, g_step: int, g_steps: int) -> None:
+        """Schedules inside g at the run's g step ``g_step`` of ``g_steps``; a pure function of both
+        (default: nothing)."""
 
 
-def build_ssl_loss(cfg: SSLConfig, encoder_dim: int, feat_dim: int, seed: int = 0) -> SSLLoss:
+def build_ssl_loss(cfg: SSLConfig, encoder_dim: int, feat_dim: int, seed: int = 0, targets=None) -> SSLLoss:
     """The loss named by ``cfg.loss`` for an encoder of width ``encoder_dim`` on ``feat_dim`` mel bins.
+
+    ``targets``: HuBERT's :class:`~bljust.ssl_targets.Targets` (their number of clusters sizes its head;
+    without them the head is sized by ``cfg.clusters`` and the loss can be loaded but not run).
 
     ``seed`` draws the frozen random buffers (BEST-RQ projection and codebooks, CPC target
     projection) from a generator of their own: the same in every process, independent of the
@@ -77,6 +87,10 @@ def build_ssl_loss(cfg: SSLConfig, encoder_dim: int, feat_dim: int, seed: int = 
         from bljust.losses.wav2vec2 import Wav2Vec2Loss
 
         return Wav2Vec2Loss(cfg, encoder_dim, feat_dim)
+    if cfg.loss == "hubert":
+        from bljust.losses.hubert import HubertLoss
+
+        return HubertLoss(cfg, encoder_dim, feat_dim, targets=targets)
     raise ValueError(f"unknown ssl.loss {cfg.loss!r}")
 
 
@@ -117,6 +131,16 @@ def sample_negatives(pool_offset: Tensor, pool_size: Tensor, self_index: Tensor,
     idx = pool_offset[:, None] + r
     valid = (others > 0)[:, None].expand(n, num)
     return torch.where(valid, idx, self_index[:, None]), valid
+
+
+def utterance_pools(valid: Tensor) -> tuple[Tensor, Tensor]:
+    """For the frames selected by ``valid`` (B, T') in row-major (flat) order: the flat offset of each
+    frame's utterance's first selected frame and its utterance's number of selected frames, both (N,) long."""
+    b, t = valid.shape
+    per_utt = valid.sum(dim=1)
+    offsets = per_utt.cumsum(0) - per_utt
+    utt = torch.arange(b, device=valid.device)[:, None].expand(b, t)[valid]
+    return offsets[utt], per_utt[utt]
 
 
 def info_nce(pred: Tensor, pos: Tensor, neg: Tensor, temperature: float,

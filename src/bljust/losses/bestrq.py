@@ -69,17 +69,17 @@ class BestRQLoss(SSLLoss):
             sim = torch.einsum("btnd,nvd->btnv", z, self.codebooks.float())
             return sim.argmax(dim=-1)
 
-    def forward(self, encoder: nn.Module, feats: Tensor, lens: Tensor,
-                generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def forward(self, encoder: nn.Module, feats: Tensor, lens: Tensor, generator: torch.Generator,
+                ids: list[str] | None = None) -> tuple[Tensor, Tensor, dict[str, float]]:
         b, t, f = feats.shape
         device = feats.device
         lens = lens.to(device)
-        in_mask = span_mask(lens, t, self.cfg.mask_prob, self.cfg.mask_span, generator)  # (B, T)
+        in_mask = span_mask(lens, t, *self.cfg.masking(), generator)  # (B, T)
         n_masked = int(in_mask.sum())
         noise = (torch.randn((n_masked, f), generator=generator) * MASK_NOISE_STD).to(device, feats.dtype)
         masked_feats = feats.masked_scatter(in_mask[:, :, None].expand(b, t, f), noise)
 
-        hidden, out_lens = encoder(masked_feats, lens)  # (B, T', D)
+        hidden, out_lens = encoder(masked_feats, lens, layer=self.cfg.layer)  # (B, T', D)
         t_out = hidden.size(1)
         valid = valid_mask(out_lens, t_out)
         mask = subsample_mask(in_mask, t_out, out_lens)  # (B, T')

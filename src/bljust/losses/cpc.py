@@ -25,8 +25,11 @@ the prediction is trivial. So the future is hidden from the encoder instead:
    projection (a start from "the future looks like the present", which otherwise takes the
    heads some 50 steps to find); the score of a candidate is
    ``cos(pred, z) / temperature``; distractors are ``num_negatives`` targets drawn uniformly
-   (with replacement) from all valid frames of all utterances of the batch except the
-   positive frame itself.
+   (with replacement), never the positive frame itself: a share ``cpc_same_utterance`` from the
+   valid frames of the positive's own utterance, the rest from all valid frames of the batch.
+   Distractors from other utterances can be told apart by speaker and channel alone, which a
+   frame-level representation should not be rewarded for (Oord et al. found same-sequence
+   negatives better for phones); an utterance with a single valid frame draws all from the batch.
 
 Stats: ``acc`` (positive ranked first), ``acc_chance`` (1/(num_negatives+1)), ``masked_frac``,
 ``loss`` (mean InfoNCE), ``target_std`` (collapse indicator: per-dimension standard deviation over the
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bljust.config import SSLConfig
-from bljust.losses import SSLLoss, info_nce, sample_negatives, stats_to_floats
+from bljust.losses import SSLLoss, info_nce, sample_negatives, stats_to_floats, utterance_pools
 from bljust.losses.masking import span_mask, subsample_mask
 from bljust.models.subsampling import valid_mask
 
@@ -85,27 +88,27 @@ class CPCLoss(SSLLoss):
         was_training = encoder.training
         encoder.eval()
         try:
-            hidden, _ = encoder(feats, lens)
+            hidden, _ = encoder(feats, lens, layer=self.cfg.layer)
         finally:
             encoder.train(was_training)
         with torch.autocast(device_type=feats.device.type, enabled=False):
             return hidden.float() @ self.target_proj.float()
 
-    def forward(self, encoder: nn.Module, feats: Tensor, lens: Tensor,
-                generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def forward(self, encoder: nn.Module, feats: Tensor, lens: Tensor, generator: torch.Generator,
+                ids: list[str] | None = None) -> tuple[Tensor, Tensor, dict[str, float]]:
         b, t, f = feats.shape
         device = feats.device
         lens = lens.to(device)
-        in_mask = span_mask(lens, t, self.cfg.mask_prob, self.cfg.mask_span, generator)
+        in_mask = span_mask(lens, t, *self.cfg.masking(), generator)
 
         z = self.targets(encoder, feats, lens)  # (B, T', P), constants
         masked_feats = torch.where(in_mask[:, :, None], self.mask_emb.to(feats.dtype), feats)
-        hidden, out_lens = encoder(masked_feats, lens)  # (B, T', D)
+        hidden, out_lens = encoder(masked_feats, lens, layer=self.cfg.layer)  # (B, T', D)
         t_out = hidden.size(1)
         valid = valid_mask(out_lens, t_out)
         mask = subsample_mask(in_mask, t_out, out_lens)
 
-        # Flat index of every valid target frame (the distractor pool: all utterances).
+        # Flat index of every valid target frame (row-major, so each utterance's frames are contiguous).
         flat_index = valid.flatten().long().cumsum(0).sub(1).view(b, t_out)
         pool = z[valid]  # (Nv, P)
 
@@ -119,9 +122,16 @@ class CPCLoss(SSLLoss):
         pred = torch.cat(preds)
         pos_idx = torch.cat(positive_index)
         n = pos_idx.numel()
+        n_own = round(self.cfg.cpc_same_utterance * self.cfg.num_negatives)
+        utt_offset, utt_size = utterance_pools(valid)
+        utt_offset, utt_size = utt_offset[pos_idx], utt_size[pos_idx]
+        own = utt_size >= 2  # otherwise the utterance holds nothing but the positive: draw from the batch
         zeros = torch.zeros(n, dtype=torch.long, device=device)
-        neg_idx, neg_valid = sample_negatives(zeros, torch.full_like(zeros, pool.size(0)), pos_idx,
-                                              self.cfg.num_negatives, generator)
+        everyone = torch.full_like(zeros, pool.size(0))
+        own_idx, own_valid = sample_negatives(torch.where(own, utt_offset, zeros), torch.where(own, utt_size, everyone),
+                                              pos_idx, n_own, generator)
+        batch_idx, batch_valid = sample_negatives(zeros, everyone, pos_idx, self.cfg.num_negatives - n_own, generator)
+        neg_idx, neg_valid = torch.cat((own_idx, batch_idx), dim=1), torch.cat((own_valid, batch_valid), dim=1)
         loss, correct = info_nce(pred, pool[pos_idx], pool[neg_idx], self.cfg.temperature, neg_valid)
         counted = neg_valid.any(dim=1)  # False only when the batch has a single valid frame
         loss_sum = torch.where(counted, loss, torch.zeros_like(loss)).sum()

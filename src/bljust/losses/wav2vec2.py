@@ -5,9 +5,11 @@
 - Quantised targets ``q_t`` (η): the latents are standardised per dimension over the batch's
   valid frames (statistics held constant) and layer-normalised; per group of
   ``quantizer_groups``, a linear map (N(0, 1) weights, as fairseq) gives ``quantizer_entries``
-  logits that select one code vector: straight-through hard Gumbel-softmax in training, at
-  temperature ``max(start·decay^step, floor)`` (``gumbel_temperature``, set by
-  :meth:`Wav2Vec2Loss.step_end`), argmax in eval mode. The group vectors are concatenated and
+  logits that select one code vector: straight-through hard Gumbel-softmax in training, at a
+  temperature that decays geometrically from ``start`` to ``floor`` over the first
+  ``gumbel_anneal_fraction`` of the run's own g steps (set by :meth:`Wav2Vec2Loss.set_progress`;
+  wav2vec 2.0's per-update decay 0.999995 is meant for 400 k updates and would stay near ``start``
+  for a run of a few thousand), argmax in eval mode. The group vectors are concatenated and
   linearly projected to ``proj_dim``. Only the masked frames are quantised (the only ones used).
 - The encoder sees the input with masked spans of input frames (:func:`span_mask`) replaced by
   a learned mask embedding in input-feature space (η). Its outputs at masked encoder frames
@@ -43,15 +45,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bljust.config import SSLConfig
-from bljust.losses import SSLLoss, info_nce, sample_negatives, stats_to_floats, unwrap
+from bljust.losses import SSLLoss, info_nce, sample_negatives, stats_to_floats, unwrap, utterance_pools
 from bljust.losses.masking import span_mask, subsample_mask
 from bljust.models.subsampling import valid_mask
 
 
-def gumbel_temperature(schedule: tuple[float, float, float], step: int) -> float:
-    """``max(start · decay**step, floor)`` for ``schedule = (start, floor, decay)``."""
-    start, floor, decay = schedule
-    return max(start * decay ** step, floor)
+def gumbel_temperature(schedule: tuple[float, float], anneal_fraction: float, g_step: int, g_steps: int) -> float:
+    """``start · (floor/start)^(g_step / (anneal_fraction · g_steps))``, held at ``floor`` afterwards."""
+    start, floor = schedule
+    progress = min(g_step / max(anneal_fraction * g_steps, 1.0), 1.0)
+    return start * (floor / start) ** progress
 
 
 class GumbelQuantizer(nn.Module):
@@ -101,23 +104,24 @@ class Wav2Vec2Loss(SSLLoss):
         self.quantizer = GumbelQuantizer(encoder_dim, cfg.quantizer_groups, cfg.quantizer_entries, cfg.proj_dim)
         self.mask_emb = nn.Parameter(torch.empty(feat_dim).normal_(0.0, 0.1))
         self.final_proj = nn.Linear(encoder_dim, cfg.proj_dim)
-        # Set by step_end (a function of the step); a buffer so that checkpoints carry it too.
-        self.register_buffer("gumbel_temperature", torch.tensor(gumbel_temperature(cfg.gumbel_temperature, 0)))
+        # Set by set_progress (a function of the g step); a buffer so that checkpoints carry it too.
+        self.register_buffer("gumbel_temperature", torch.tensor(float(cfg.gumbel_temperature[0])))
 
-    def step_end(self, step: int) -> None:
-        """Anneal the Gumbel temperature to ``max(start·decay^step, floor)``."""
-        self.gumbel_temperature.fill_(gumbel_temperature(self.cfg.gumbel_temperature, step))
+    def set_progress(self, g_step: int, g_steps: int) -> None:
+        """Anneal the Gumbel temperature over the run's own g steps (:func:`gumbel_temperature`)."""
+        self.gumbel_temperature.fill_(gumbel_temperature(self.cfg.gumbel_temperature, self.cfg.gumbel_anneal_fraction,
+                                                         g_step, g_steps))
 
-    def forward(self, encoder: nn.Module, feats: Tensor, lens: Tensor,
-                generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def forward(self, encoder: nn.Module, feats: Tensor, lens: Tensor, generator: torch.Generator,
+                ids: list[str] | None = None) -> tuple[Tensor, Tensor, dict[str, float]]:
         b, t, f = feats.shape
         device = feats.device
         lens = lens.to(device)
-        in_mask = span_mask(lens, t, self.cfg.mask_prob, self.cfg.mask_span, generator)
+        in_mask = span_mask(lens, t, *self.cfg.masking(), generator)
 
         latent, _ = unwrap(encoder).subsampling(feats, lens)  # (B, T', D), unmasked, with gradient
         masked_feats = torch.where(in_mask[:, :, None], self.mask_emb.to(feats.dtype), feats)
-        hidden, out_lens = encoder(masked_feats, lens)
+        hidden, out_lens = encoder(masked_feats, lens, layer=self.cfg.layer)
         t_out = hidden.size(1)
         valid = valid_mask(out_lens, t_out)
         mask = subsample_mask(in_mask, t_out, out_lens)  # (B, T')
@@ -136,13 +140,11 @@ class Wav2Vec2Loss(SSLLoss):
         m = q.size(0)
 
         # Distractors: other masked frames of the same utterance (row-major order keeps them contiguous).
-        per_utt = mask.sum(dim=1)  # (B,)
-        offsets = per_utt.cumsum(0) - per_utt
-        utt = torch.arange(b, device=device)[:, None].expand(b, t_out)[mask]  # (M,)
+        utt_offset, utt_size = utterance_pools(mask)  # (M,)
         self_idx = torch.arange(m, device=device)
-        own = per_utt[utt] >= 2
-        pool_offset = torch.where(own, offsets[utt], torch.zeros_like(utt))
-        pool_size = torch.where(own, per_utt[utt], torch.full_like(utt, m))
+        own = utt_size >= 2
+        pool_offset = torch.where(own, utt_offset, torch.zeros_like(utt_offset))
+        pool_size = torch.where(own, utt_size, torch.full_like(utt_size, m))
         neg_idx, neg_valid = sample_negatives(pool_offset, pool_size, self_idx, self.cfg.num_negatives, generator)
         neg_valid = neg_valid & (codes[neg_idx] != codes[:, None, :]).any(dim=-1)
         loss, correct = info_nce(c, q, q[neg_idx], self.cfg.temperature, neg_valid)

@@ -196,7 +196,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                      f"{unlabeled.batches_per_epoch()} batches; γ: {b.gamma_schedule} {b.gamma_0} → {b.gamma_max} "
                      f"by {b.ramp_fraction:.0%} of the joint steps; learning rates ({b.lr_schedule} schedule, "
                      f"{o.name}{', PBGD step scaling' if pbgd else ''}): ρ={b.rho}, α={b.alpha}, τ={b.tau}")
-        run.start(plan.total)
+        run.start(plan.total, g_steps=plan.explore_total + plan.joint_total)
         run.model.train()
 
         while run.counters.step < plan.total:

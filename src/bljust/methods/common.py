@@ -37,6 +37,7 @@ from bljust.data.tokenizer import Tokenizer, tokenizer_from_state, train_tokeniz
 from bljust.evaluate import decode_cuts, score
 from bljust.models import count_parameters
 from bljust.models.asr import CTCModel, ctc_loss_sum
+from bljust.ssl_targets import targets_for_run
 from bljust.training import (
     Dist,
     MetricsLogger,
@@ -89,11 +90,12 @@ def ctc_objective(model: CTCModel, feats: torch.Tensor, lens: torch.Tensor, targ
 
 
 def ssl_objective(model: CTCModel, feats: torch.Tensor, lens: torch.Tensor, generator: torch.Generator, dist: Dist,
-                  device: torch.device, amp: bool) -> tuple[torch.Tensor, dict]:
+                  device: torch.device, amp: bool, ids: list[str] | None = None) -> tuple[torch.Tensor, dict]:
     """g: the self-supervised loss per predicted position of the global batch (positions summed over
-    processes), and its health statistics on this process's batch."""
+    processes), and its health statistics on this process's batch. ``ids``: the batch's cut ids (HuBERT
+    looks its targets up by them)."""
     with autocast(device, amp):
-        loss_sum, count, stats = model.ssl(model.encoder, feats, lens, generator)
+        loss_sum, count, stats = model.ssl(model.encoder, feats, lens, generator, ids=ids)
     total = all_reduce_sum(float(count), dist, device)
     return loss_sum / max(total, 1.0), stats
 
@@ -144,6 +146,19 @@ def track_penalty_gap(state: dict, g: float) -> float:
     return state["g_ema"] - state["g_min"]
 
 
+def load_labeled(data_dir: Path, splits: list[str]) -> CutSet:
+    """The union of ``splits`` (``data.labeled_splits``), in their order; an utterance in two of them is an error."""
+    cuts = [load_split(data_dir, split) for split in splits]
+    seen: dict[str, str] = {}
+    for split, split_cuts in zip(splits, cuts):
+        for cut in split_cuts:
+            if cut.id in seen:
+                raise ValueError(f"{data_dir}: utterance {cut.id} is in both the '{seen[cut.id]}' and the '{split}' "
+                                 f"split of data.labeled_splits; each utterance may train once")
+            seen[cut.id] = split
+    return cuts[0] if len(cuts) == 1 else CutSet.from_cuts(c for split_cuts in cuts for c in split_cuts)
+
+
 @dataclass
 class Counters:
     """The run's progress; checkpointed, and the basis of every budget and cost figure."""
@@ -187,12 +202,21 @@ class Run:
         self.bad_batches: list[dict] = [] if self.state is None else list(self.state["bad_batches"])
         self._step_ids: list[str] = []  # the cut ids of the step being taken
         self.total_steps = 0
-        self.labeled, dev = load_split(self.data_dir, "labeled"), load_split(self.data_dir, "dev")
+        self.labeled, dev = load_labeled(self.data_dir, cfg.data.labeled_splits), load_split(self.data_dir, "dev")
         if self.state is not None:
             self.tokenizer: Tokenizer = tokenizer_from_state(self.state["tokenizer"])
         else:
             self.tokenizer = train_tokenizer(cfg.tokenizer, [t for c in self.labeled if (t := cut_text(c))])
-        self.model = CTCModel(cfg, self.tokenizer.vocab_size, ssl=ssl).to(self.device)
+        self.ssl_targets = None
+        if ssl and cfg.ssl.loss == "hubert":
+            self.ssl_targets = targets_for_run(cfg.ssl, self.data_dir)
+            saved = self.state.get("ssl_targets") if self.state is not None else None
+            if saved is not None and saved != self.ssl_targets.key:
+                raise ValueError(f"{self.run_dir}: the checkpoint trained on HuBERT targets {saved}, but "
+                                 f"{self.ssl_targets.path} holds {self.ssl_targets.key}; resume with the same targets")
+            log.info("HuBERT targets %s: %d clusters, %s", self.ssl_targets.path, self.ssl_targets.clusters,
+                     ", ".join(f"{k} {v:.3g}" for k, v in self.ssl_targets.meta.get("health", {}).items()))
+        self.model = CTCModel(cfg, self.tokenizer.vocab_size, ssl=ssl, ssl_targets=self.ssl_targets).to(self.device)
         if cfg.data.speed_perturb:  # before filtering: a slowed copy can outgrow the duration limit
             self.labeled = speed_perturbed(self.labeled, cfg.data.speed_perturb)
         self.labeled = self.filter(self.labeled, "labeled", labeled=True)
@@ -238,6 +262,11 @@ class Run:
         d = self.cfg.data
         cuts = self.filter(load_split(self.data_dir, "unlabeled"), "unlabeled", labeled=False)
         cuts, self.heldout = hold_out(cuts, d.heldout_unlabeled_fraction, d.heldout_unlabeled_max_seconds)
+        if self.ssl_targets is not None:
+            missing = self.ssl_targets.missing(c.id for c in cuts + self.heldout)
+            if missing:
+                raise ValueError(f"{self.ssl_targets.path} has no targets for {len(missing)} unlabeled utterance(s) of "
+                                 f"{self.data_dir} (e.g. {', '.join(missing[:3])}); it was made for another split")
         if len(cuts) == 0:
             raise ValueError(f"{self.data_dir}: no unlabeled utterance left after holding out "
                              f"{len(self.heldout)} for g_heldout; lower data.heldout_unlabeled_fraction")
@@ -268,9 +297,13 @@ class Run:
             log.info("%s plan: %s", self.method, text)
             self.metrics.log(self.counters.step, "plan", {"text": text})
 
-    def start(self, total_steps: int) -> None:
-        """Restore the RNG (last, after everything that draws from it was built) and print the plan."""
+    def start(self, total_steps: int, g_steps: int | None = None) -> None:
+        """Restore the RNG (last, after everything that draws from it was built) and print the plan.
+
+        ``g_steps``: the steps of the run that take g (default: all), over which g's own schedules
+        (the Gumbel temperature) run."""
         self.total_steps = total_steps
+        self.g_steps = total_steps if g_steps is None else g_steps
         if self.state is not None:
             set_rng_state(self.state["rng"][self.dist.rank])
             log.info("resumed from step %d", self.counters.step)
@@ -322,9 +355,12 @@ class Run:
         # No SpecAugment here: the SSL loss masks its own input, and its targets (BEST-RQ labels,
         # CPC/wav2vec 2.0 targets) must come from clean features.
         feats, lens = self.features(batch, stream=1, augment=False)
-        self.model.ssl.step_end(self.counters.step)  # schedules inside g (e.g. Gumbel temperature)
+        # Schedules inside g (the Gumbel temperature) follow the run's own g steps: this is g step
+        # unlabeled_batches - 1 (next_batch counted its batch), a checkpointed counter, so resumes agree.
+        self.model.ssl.set_progress(self.counters.unlabeled_batches - 1, self.g_steps)
         gen = step_generator(self.cfg.train.seed, self.counters.step, self.dist.rank, stream=2)
-        return ssl_objective(self.model, feats, lens, gen, self.dist, self.device, self.cfg.train.amp)
+        return ssl_objective(self.model, feats, lens, gen, self.dist, self.device, self.cfg.train.amp,
+                             ids=batch["ids"])
 
     @property
     def logging(self) -> bool:
@@ -452,7 +488,8 @@ class Run:
                 continue
             feats, lens = make_features(self.model, batch, self.device, train=False, cfg=self.cfg)
             with autocast(self.device, self.cfg.train.amp):
-                loss_sum, n, _ = self.model.ssl(self.model.encoder, feats, lens, torch.Generator().manual_seed(i))
+                loss_sum, n, _ = self.model.ssl(self.model.encoder, feats, lens, torch.Generator().manual_seed(i),
+                                                ids=batch["ids"])
             total, count = total + float(loss_sum), count + float(n)
         self.model.train(was_training)
         g = total / max(count, 1.0)
@@ -472,7 +509,8 @@ class Run:
                 "streams": {n: s.state_dict() for n, s in self.streams.items()}, "rng": rngs,
                 "counters": vars(self.counters).copy(), "phase_state": self.phase_state,
                 "skipped_audio": self.skipped.state_dict(), "bad_batches": self.bad_batches,
-                "config": to_dict(self.cfg), "tokenizer": self.tokenizer.state_dict()})
+                "config": to_dict(self.cfg), "tokenizer": self.tokenizer.state_dict(),
+                "ssl_targets": self.ssl_targets.key if self.ssl_targets is not None else None})
         barrier(self.dist)
 
     def save_model(self, path: Path, dev: dict) -> None:
@@ -502,6 +540,8 @@ class Run:
             "unlabeled_hours_processed": c.unlabeled_seconds * w / 3600,
             "labeled_passes": c.labeled_seconds * w / labeled_total,
             "labeled_batches": c.labeled_batches, "unlabeled_batches": c.unlabeled_batches,
+            **({"ssl_targets": {"path": str(self.ssl_targets.path), **self.ssl_targets.meta}}
+               if self.ssl_targets is not None else {}),
             **(extra or {}),
         }
         if self.dist.is_main:

@@ -30,7 +30,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                      f"{p.freeze_encoder_steps} with the encoder frozen; encoder lr × {p.encoder_lr_scale:g}); labeled "
                      f"pass = {labeled.batches_per_epoch()} batches, unlabeled pass = "
                      f"{unlabeled.batches_per_epoch()} batches")
-        run.start(total)
+        run.start(total, g_steps=n_pt)
         run.model.train()
         while run.counters.step < total:
             step, started = run.counters.step, time.time()

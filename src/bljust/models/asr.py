@@ -13,7 +13,7 @@ from bljust.models import build_encoder
 
 
 class CTCModel(nn.Module):
-    def __init__(self, cfg: Config, vocab_size: int, ssl: bool = False):
+    def __init__(self, cfg: Config, vocab_size: int, ssl: bool = False, ssl_targets=None):
         super().__init__()
         self.frontend = LogMel(cfg.features)
         self.encoder = build_encoder(cfg.model, cfg.features.num_mel_bins)
@@ -22,7 +22,7 @@ class CTCModel(nn.Module):
         if ssl:
             from bljust.losses import build_ssl_loss
 
-            self.ssl = build_ssl_loss(cfg.ssl, self.encoder.output_dim, cfg.features.num_mel_bins)
+            self.ssl = build_ssl_loss(cfg.ssl, self.encoder.output_dim, cfg.features.num_mel_bins, targets=ssl_targets)
 
     def param_groups(self, lr: float) -> list[dict]:
         """θ (encoder), φ (CTC head) and η (SSL head) as separate optimiser groups."""

@@ -40,7 +40,10 @@ class CnnLstmEncoder(nn.Module):
     def output_lengths(self, lengths: Tensor) -> Tensor:
         return self.subsampling.output_lengths(lengths)
 
-    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, lengths: Tensor, layer: int = -1) -> tuple[Tensor, Tensor]:
+        """``layer`` must be -1 (the final output): the stacked ``nn.LSTM`` exposes no inner layer."""
+        if layer not in (-1, self.cfg.num_layers - 1):
+            raise ValueError(f"the cnn_lstm encoder gives only its final output (layer -1), not layer {layer}")
         x, out_lengths = self.subsampling(x, lengths)
         t = x.size(1)
         # pack_padded_sequence rejects empty sequences; a too-short input runs one (garbage) frame

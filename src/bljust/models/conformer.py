@@ -123,6 +123,15 @@ class ConformerBlock(nn.Module):
         return self.norm(x)
 
 
+def block_index(layer: int, num_layers: int) -> int:
+    """The 0-based block that ``layer`` names (negative counts from the end), with a clear error."""
+    index = layer + num_layers if layer < 0 else layer
+    if not 0 <= index < num_layers:
+        raise ValueError(f"layer {layer} does not exist in an encoder of {num_layers} blocks "
+                         f"(valid: {-num_layers}..{num_layers - 1})")
+    return index
+
+
 class ConformerEncoder(nn.Module):
     """(B, T, input_dim) log-mel features → (B, T', cfg.d_model), T' = ((T-1)//2 - 1)//2."""
 
@@ -137,7 +146,10 @@ class ConformerEncoder(nn.Module):
     def output_lengths(self, lengths: Tensor) -> Tensor:
         return self.subsampling.output_lengths(lengths)
 
-    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, lengths: Tensor, layer: int = -1) -> tuple[Tensor, Tensor]:
+        """``layer``: return the output of this block (0-based, negative from the end; -1: the last);
+        the blocks above it are not run."""
+        blocks = self.layers[:block_index(layer, len(self.layers)) + 1]
         x, out_lengths = self.subsampling(x, lengths)
         t = x.size(1)
         valid = valid_mask(out_lengths, t)  # (B, T')
@@ -145,6 +157,6 @@ class ConformerEncoder(nn.Module):
         attn_mask = valid_mask(out_lengths.clamp(min=1), t)[:, None, None, :]
         pad_mask = ~valid[:, :, None]
         rope = rotary_tables(t, self.cfg.d_model // self.cfg.num_heads, x.device, torch.float32)
-        for layer in self.layers:
-            x = layer(x, attn_mask, pad_mask, rope)
+        for block in blocks:
+            x = block(x, attn_mask, pad_mask, rope)
         return x.masked_fill(pad_mask, 0.0), out_lengths
