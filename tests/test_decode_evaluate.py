@@ -53,3 +53,12 @@ def test_evaluate_run_tunes_the_lm_on_dev_only(tmp_path):
         evaluate_run(tmp_path, tmp_path, ("test",), lm="x.arpa", lm_weights=[1.0], word_scores=[0.0])
     with pytest.raises(ValueError, match="at least one split"):
         evaluate_run(tmp_path, tmp_path, ())
+
+
+def test_a_file_that_is_not_a_model_is_refused_with_the_reason(tmp_path):
+    from bljust.checkpoint import atomic_save
+    from bljust.inference import load_trained
+
+    atomic_save({"weights": torch.zeros(3)}, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match=r"weights\.pt is not a bljust model file \(it has no model, config, tok"):
+        load_trained(tmp_path / "weights.pt")

@@ -281,3 +281,20 @@ def test_without_topline_or_probes_the_report_says_so(report):
     _, markdown, _ = report
     assert "Needs a supervised and a topline run" in markdown and "No linear probe in these results." in markdown
     assert "test_unseen" not in markdown
+
+
+def test_ssl_health_and_hubert_targets(tmp_path):
+    out = _out_dir(tmp_path)
+    run = out / "runs" / "bljust-seed0"
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 40, "kind": "train", "time": 1.7e9, "g": 2.0, "ssl_acc": 0.31,
+                            "ssl_acc_majority": 0.08, "ssl_masked_frac": 0.52, "ssl_code_usage": 0.9}) + "\n")
+    (run / "summary.json").write_text(json.dumps({"ssl_targets": {
+        "path": "/d/ssl_targets/L-1-k100-abc.pt", "clusters": 100,
+        "spec": {"source": "run", "run": "runs/sup", "layer": -1},
+        "health": {"code_usage": 0.97, "code_perplexity": 71.2, "pnmi": 0.412, "cluster_purity": 0.377}}}))
+    section = _section(write_report(out)["markdown"].read_text(), "Health of the self-supervised loss")
+    assert "| BL-JUST | 0 | 40 | 31.0 | 8.0 | – | 52.0 | 90.0 |" in section.replace("—", "–")
+    assert "| L-1-k100-abc.pt | layer -1 of runs/sup | 100 | 97.0 | 71.2 | 0.412 | 0.377 |" in section
+    # PT+FT's rows logged no SSL health: it has none
+    assert "| PT+FT |" not in section

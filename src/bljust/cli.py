@@ -306,7 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = corpus.add_parser("import", help="import lhotse manifests or a folder of audio as one split")
     i.add_argument("out_dir")
-    i.add_argument("--split", required=True, choices=["labeled", "unlabeled", "dev", "test"])
+    i.add_argument("--split", required=True,
+                   choices=["labeled", "unlabeled", "dev", "test", "test_unseen", "unlabeled_text"],
+                   help="test_unseen: a second test set (e.g. voices no other split has); unlabeled_text: the "
+                        "unlabeled split's transcripts, for compare's topline")
     i.add_argument("--manifests", nargs=2, metavar=("RECORDINGS", "SUPERVISIONS"),
                    help="a lhotse recordings and supervisions manifest")
     i.add_argument("--lhotse-dir", help="output directory of 'lhotse prepare ...'")

@@ -35,7 +35,11 @@ def model_path(run_or_file: str | Path) -> Path:
 
 
 def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") -> tuple[CTCModel, Tokenizer, Config]:
-    state = load(model_path(run_or_file))
+    path = model_path(run_or_file)
+    state = load(path)
+    missing = [k for k in ("model", "config", "tokenizer") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a bljust model file (it has no {', '.join(missing)})")
     cfg = config_from_dict(state["config"])
     tokenizer = tokenizer_from_state(state["tokenizer"])
     model = CTCModel(cfg, tokenizer.vocab_size)

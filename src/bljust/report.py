@@ -259,6 +259,7 @@ class Inputs:
     rows: dict[int, list[dict]]  # metrics rows by id() of the run dict
     curve_runs: dict[str, dict]  # per method, the run whose curves are drawn (seed 0, else the first)
     summary: dict
+    out_dir: Path | None = None  # run directories in results.json are relative to it
 
     def curves(self, method: str) -> list[dict]:
         return self.rows[id(self.curve_runs[method])]
@@ -273,7 +274,7 @@ def _load(results: dict, out_dir: Path, plots: Path) -> Inputs:
     rows = {id(r): read_metrics(out_dir / r["run_dir"] / "metrics.jsonl") if r.get("run_dir") else []
             for rs in by_method.values() for r in rs}
     curve_runs = {m: min(rs, key=lambda r: r.get("seed") != 0) for m, rs in by_method.items()}
-    return Inputs(results, plots, _methods(results), by_method, rows, curve_runs, summarize(runs))
+    return Inputs(results, plots, _methods(results), by_method, rows, curve_runs, summarize(runs), out_dir)
 
 
 def _rule_title(results: dict) -> str | None:
@@ -537,6 +538,49 @@ def _ssl(inp: Inputs) -> list[tuple]:
     return blocks
 
 
+SSL_HEALTH = (("ssl_acc", "masked acc %", 100.0), ("ssl_acc_majority", "majority class %", 100.0),
+              ("ssl_acc_chance", "chance %", 100.0), ("ssl_masked_frac", "masked %", 100.0),
+              ("ssl_code_usage", "code usage %", 100.0))
+
+
+def _ssl_health(inp: Inputs) -> list[tuple]:
+    """The last logged health of g per run, and the HuBERT targets it trained on."""
+    rows, targets = [], {}
+    for m in inp.methods:
+        for run in inp.runs[m]:
+            last = next((r for r in reversed(inp.rows[id(run)]) if "ssl_acc" in r), None)
+            if last is not None:
+                rows.append([_label(m), _text(run, "seed"), str(last.get("step", DASH)),
+                             *[_num(last.get(k), ".1f", scale) for k, _, scale in SSL_HEALTH]])
+            summary_path = inp.out_dir / run["run_dir"] / "summary.json" if inp.out_dir and run.get("run_dir") else None
+            if summary_path is not None and summary_path.is_file():
+                t = json.loads(summary_path.read_text()).get("ssl_targets")
+                if t:
+                    targets[t["path"]] = t
+    if not rows:
+        return []
+    blocks = [("h", 2, "Health of the self-supervised loss"),
+              ("p", "At the last step that took g (training batches, masked frames only): masked accuracy against what "
+                    "always guessing the batch's most frequent target scores (HuBERT) or against chance (CPC, wav2vec "
+                    "2.0), the share of encoder frames masked, and the share of codes in use."),
+              ("table", ["method", "seed", "step", *[h for _, h, _ in SSL_HEALTH]], rows, 2)]
+    if targets:
+        trows = []
+        for path, t in targets.items():
+            h = t.get("health", {})
+            spec = t.get("spec", {})
+            source = f"layer {spec.get('layer')} of {spec.get('run')}" if spec.get("source") == "run" else spec.get("source")
+            trows.append([Path(path).name, str(source), str(t.get("clusters")), _num(h.get("code_usage"), ".1f", 100),
+                          _num(h.get("code_perplexity"), ".1f"), _num(h.get("pnmi"), ".3f"),
+                          _num(h.get("cluster_purity"), ".3f")])
+        blocks += [("p", "HuBERT targets (k-means cluster ids per encoder frame of the unlabeled split). PNMI and "
+                         "cluster purity are measured against a CTC run's alignments of the labeled split, when the "
+                         "targets were made with one (bljust ssl-targets --from or --align)."),
+                   ("table", ["file", "clustered", "clusters", "code usage %", "perplexity", "PNMI", "purity"],
+                    trows, 2)]
+    return blocks
+
+
 def _g_threshold(inp: Inputs, with_g: list[str]) -> tuple[float, str]:
     """The g_heldout every method is asked to reach: PT+FT's when its pre-training ended (its last validation
     before its first labeled batch; its last validation if none came before), mean over its runs; without
@@ -669,7 +713,7 @@ def write_report(out_dir: Path, results: dict | None = None) -> dict[str, Path]:
         (plots / f"{name}.png").unlink(missing_ok=True)
     inp = _load(results, out_dir, plots)
     blocks = []
-    for section in (_setup, _errors, _label_gap, _probe, _curves, _gamma, _ssl, _reach, _groups, _costs, _per_run):
+    for section in (_setup, _errors, _label_gap, _probe, _curves, _gamma, _ssl, _ssl_health, _reach, _groups, _costs, _per_run):
         blocks += section(inp)
     markdown, page = out_dir / "report.md", out_dir / "report.html"
     markdown.write_text(_markdown(blocks, out_dir))

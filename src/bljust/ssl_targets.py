@@ -298,6 +298,8 @@ def _fit_order(cut_id: str, seed: int) -> str:
 def kmeans(x: np.ndarray, clusters: int, seed: int):
     """faiss k-means (20 Lloyd iterations, best of one start); returns the fitted object (``.centroids``,
     ``.index``)."""
+    # faiss's loader reports at INFO every CPU-specific build it tried and did not find: noise in a run's log.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     import faiss
 
     if x.shape[0] < clusters:

@@ -169,6 +169,10 @@ def test_clean_corpus_has_nothing_bad(tiny_corpus, capsys):
     assert main(["corpus", "check", str(tiny_corpus), "--config", str(TINY), "--jobs", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("nothing bad") and ": 0 bad files, 0 bad utterances of " in out
+    # the optional splits a synthesised corpus carries are checked too
+    report = check_corpus(tiny_corpus, load_config(TINY), jobs=1)
+    assert "unlabeled_text" in report.splits and report.splits["unlabeled_text"].utterances > 0
+    assert report.missing_splits == []
 
 
 def _ids(data: Path) -> dict[str, set[str]]:

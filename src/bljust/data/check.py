@@ -46,7 +46,7 @@ from lhotse.audio.utils import get_audio_duration_mismatch_tolerance
 from bljust.config import Config
 from bljust.data.audio import BadAudio, file_problem, load_checked, rate_detail
 from bljust.data.loader import training_reason
-from bljust.data.manifests import SPLITS, has_split, manifest_paths, write_split
+from bljust.data.manifests import OPTIONAL_SPLITS, SPLITS, has_split, manifest_paths, write_split
 
 BLOCK_FRAMES = 1 << 18
 """Frames read at once for the finiteness check: a few MB, however long the file."""
@@ -284,7 +284,9 @@ def _training_rules(cfg: Config, labeled_texts: list[str], notes: list[str]) -> 
     scored = {"min_seconds": None, "max_seconds": None, "needs_text": True,
               "tokenizer": tokenizer, "output_frames": output_frames}
     return {"labeled": {**limits, "needs_text": True, "tokenizer": tokenizer, "output_frames": output_frames},
-            "unlabeled": {**limits, "needs_text": False}, "dev": scored, "test": scored}
+            "unlabeled": {**limits, "needs_text": False}, "dev": scored, "test": scored, "test_unseen": scored,
+            # the topline trains on it like the labeled split
+            "unlabeled_text": {**limits, "needs_text": True, "tokenizer": tokenizer, "output_frames": output_frames}}
 
 
 # ---------------------------------------------------------------- the check
@@ -301,7 +303,7 @@ def _read_split(data_dir: Path, split: str) -> tuple[list[Recording], list[Super
 def check_corpus(data_dir: str | Path, cfg: Config, jobs: int = 1, progress: bool = False) -> CheckReport:
     """Check every split of ``data_dir`` that has manifests; ``cfg`` gives the training checks' settings."""
     data_dir = Path(data_dir)
-    present = [s for s in SPLITS if has_split(data_dir, s)]
+    present = [s for s in (*SPLITS, *OPTIONAL_SPLITS) if has_split(data_dir, s)]
     if not present:
         names = ", ".join(p.name for p in manifest_paths(data_dir, "labeled"))
         raise FileNotFoundError(f"{data_dir} is not a bljust data directory: no split has manifests (e.g. {names})")
@@ -353,7 +355,7 @@ def check_corpus(data_dir: str | Path, cfg: Config, jobs: int = 1, progress: boo
             if (problem := training_reason(cut, **rules[split])) is None:
                 continue
             # Dev and test are scored, not trained on: only a missing transcript makes their utterances useless.
-            trained = split in ("labeled", "unlabeled")
+            trained = split in ("labeled", "unlabeled", "unlabeled_text")
             target = result.bad if trained or problem[0] == "no transcript" else result.warnings
             target.append(Finding(split, "utterance", cut.id, _source_name(cut.recording), *problem,
                                   utterances=(cut.supervisions[0].id,)))
@@ -369,7 +371,7 @@ def check_clean_target(data_dir: str | Path, out_dir: str | Path) -> None:
     if out == data or (out.exists() and data.exists() and os.path.samefile(out, data)):
         raise ValueError(f"--write-clean {out_dir}: that is the data directory {data_dir} itself; "
                          f"write the clean copy to another directory")
-    existing = [p for s in SPLITS for p in manifest_paths(out, s) if p.exists()]
+    existing = [p for s in (*SPLITS, *OPTIONAL_SPLITS) for p in manifest_paths(out, s) if p.exists()]
     if existing:
         raise FileExistsError(f"--write-clean {out_dir}: it already holds manifests ({existing[0].name}...); "
                               f"choose an empty or new directory")

@@ -34,7 +34,7 @@ import soundfile as sf
 from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.utils import fastcopy
 
-from bljust.data.manifests import SAMPLE_RATE, SPLITS, has_split, write_split
+from bljust.data.manifests import OPTIONAL_SPLITS, SAMPLE_RATE, SPLITS, has_split, write_split
 from bljust.data.text import normalize_transcript
 
 log = logging.getLogger("bljust.data")
@@ -247,8 +247,9 @@ def _short(err: BaseException, limit: int = 160) -> str:
 
 def _resolve_labeled(split: str, labeled: bool | None) -> bool:
     """Whether ``split`` keeps transcripts; raise for contradictory requests."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; a bljust data directory has {', '.join(SPLITS)}")
+    if split not in (*SPLITS, *OPTIONAL_SPLITS):
+        raise ValueError(f"unknown split {split!r}; a bljust data directory has {', '.join(SPLITS)} "
+                         f"(and optionally {', '.join(OPTIONAL_SPLITS)})")
     if split == "unlabeled":
         if labeled:
             raise ValueError("the 'unlabeled' split carries no text; import with labeled=False/None "
