@@ -126,3 +126,16 @@ def test_iteration_two_targets_from_a_trained_run_train_a_hubert_run(tiny_corpus
     steps = [json.loads(line) for line in (tmp_path / "just" / "metrics.jsonl").read_text().splitlines()]
     joint = [s for s in steps if "ssl_acc" in s]
     assert joint and all(0.3 < s["ssl_masked_frac"] < 0.8 for s in joint)
+
+
+def test_align_adds_purity_to_targets_cached_without_it(tiny_corpus, tmp_path):
+    spec = TargetSpec(source="mfcc", clusters=6, fit_frames=10_000)
+    path = compute_targets(tiny_corpus, spec)
+    assert "pnmi" not in load_targets(path).meta["health"]
+    sup = _cli("train", "--method", "supervised", "--data", str(tiny_corpus), "--out", str(tmp_path / "sup"),
+               "--config", str(TINY), "--set", "train.max_steps=4")
+    assert sup.returncode == 0, sup.stderr[-2000:]
+    labels = load_targets(path).labels.clone()
+    assert compute_targets(tiny_corpus, spec, aligner=tmp_path / "sup") == path
+    t = load_targets(path)
+    assert 0 <= t.meta["health"]["pnmi"] <= 1 and torch.equal(t.labels, labels)

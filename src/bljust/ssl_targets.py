@@ -291,6 +291,14 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _faiss():
+    # faiss's loader reports at INFO every CPU-specific build it tried and did not find: noise in a run's log.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
+
+
 def _fit_order(cut_id: str, seed: int) -> str:
     return hashlib.sha1(f"{seed}:{cut_id}".encode()).hexdigest()
 
@@ -298,10 +306,7 @@ def _fit_order(cut_id: str, seed: int) -> str:
 def kmeans(x: np.ndarray, clusters: int, seed: int):
     """faiss k-means (20 Lloyd iterations, best of one start); returns the fitted object (``.centroids``,
     ``.index``)."""
-    # faiss's loader reports at INFO every CPU-specific build it tried and did not find: noise in a run's log.
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    import faiss
-
+    faiss = _faiss()
     if x.shape[0] < clusters:
         raise TargetsError(f"{x.shape[0]} frames cannot make {clusters} clusters; lower the number of clusters")
     km = faiss.Kmeans(x.shape[1], clusters, niter=20, seed=seed, verbose=False,
@@ -319,6 +324,30 @@ def _assign(km, vectors: list[Tensor]) -> list[Tensor]:
     return list(ids.split([v.size(0) for v in vectors]))
 
 
+def _frames_of(spec: TargetSpec, device: str):
+    return AcousticFrames(spec.source) if spec.source != "run" else EncoderFrames(spec.run, spec.layer, device)
+
+
+class _Centroids:
+    """A fitted k-means rebuilt from a targets file's centroids (what :func:`_assign` needs)."""
+
+    def __init__(self, centroids: Tensor):
+        faiss = _faiss()
+        c = np.ascontiguousarray(centroids.float().numpy())
+        self.index = faiss.IndexFlatL2(c.shape[1])
+        self.index.add(c)
+
+
+def _add_purity(path: Path, spec: TargetSpec, aligner: str | Path, device: str, max_duration: float) -> None:
+    state = load(path)
+    meta = json.loads(state["meta"])
+    meta["health"].update(purity(path.parent.parent, _Centroids(state["centroids"]), _frames_of(spec, device),
+                                 aligner, device, max_duration))
+    state["meta"] = json.dumps(meta)
+    atomic_save(state, path)
+    log.info("targets %s: %s", path, ", ".join(f"{k} {v:.3g}" for k, v in meta["health"].items()))
+
+
 def compute_targets(data_dir: str | Path, spec: TargetSpec, *, aligner: str | Path | None = None,
                     device: str = "cpu", max_duration: float = 120.0, progress: bool = False) -> Path:
     """Compute (or find cached) targets of ``data_dir``'s unlabeled split; returns the file's path."""
@@ -329,10 +358,13 @@ def compute_targets(data_dir: str | Path, spec: TargetSpec, *, aligner: str | Pa
     key = targets_key(spec, cuts)
     path = targets_path(data_dir, spec, key)
     with _lock(path):
+        frames_of = None
         if path.is_file():
+            if aligner is not None and "pnmi" not in load_targets(path).meta.get("health", {}):
+                _add_purity(path, spec, aligner, device, max_duration)  # cached earlier without an aligner
             return path
         t0 = time.perf_counter()
-        frames_of = AcousticFrames(spec.source) if spec.source != "run" else EncoderFrames(spec.run, spec.layer, device)
+        frames_of = _frames_of(spec, device)
         skipped = SkippedAudio()
         # Pass 1: fit on whole utterances in hash order until fit_frames frames (25 per second).
         chosen, frames = [], 0
