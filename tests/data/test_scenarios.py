@@ -3,9 +3,7 @@ utterance or sentence into training, test_unseen voices are new, and the command
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
 import hashlib
 import json
 import re
@@ -23,6 +21,7 @@ from bljust.data.manifests import OPTIONAL_SPLITS, SPLITS, cut_speaker, cut_text
 from bljust.data.scenarios import SCENARIOS, Scenario, resolve_scenario
 from bljust.data.synth import make_speakers, synthesize_corpus
 from bljust.data.text import normalize_transcript
+from tests.data.test_synth import _manifest_rows, _utterance_table
 
 SCORED = ("dev", "test", "test_unseen")
 TINY = dict(labeled_minutes=0.3, unlabeled_minutes=0.5, dev_minutes=0.2, test_minutes=0.2)
@@ -30,17 +29,6 @@ TINY = dict(labeled_minutes=0.3, unlabeled_minutes=0.5, dev_minutes=0.2, test_mi
 IN_DOMAIN_TINY = dict(TINY, in_domain_minutes=2.0, test_unseen_minutes=0.3)
 
 
-def _utterance_table(out: Path) -> list[dict[str, str]]:
-    with open(out / "utterances.tsv", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-
-
-def _manifest_rows(out: Path) -> dict[str, list[dict]]:
-    rows = {}
-    for path in sorted(out.glob("*.jsonl.gz")):
-        with gzip.open(path, "rt") as f:
-            rows[path.name] = [json.loads(line.replace(str(out), "<out>")) for line in f]
-    return rows
 
 
 def _all_cuts(out: Path) -> dict[str, list]:
