@@ -125,10 +125,11 @@ class Targets:
         return out
 
     def missing(self, cut_ids) -> list[str]:
-        """The ids (perturbed copies mapped to their originals) that have no targets."""
-        out = []
+        """The ids (perturbed copies mapped to their originals) that have no targets, less those whose audio
+        could not be read when the targets were made (training skips them before any loss)."""
+        out, unreadable = [], set(self.meta.get("unreadable", ()))
         for cut_id in cut_ids:
-            if cut_id not in self.rows:
+            if cut_id not in self.rows and cut_id not in unreadable:
                 m = _PERTURBED.match(cut_id)
                 if m is None or m.group("base") not in self.rows:
                     out.append(cut_id)
@@ -375,14 +376,17 @@ def compute_targets(data_dir: str | Path, spec: TargetSpec, *, aligner: str | Pa
                 break
         from lhotse import CutSet
 
-        fit = [v for b in eval_batches(CutSet.from_cuts(chosen), max_duration, skipped=skipped)
+        fit = [v for b in eval_batches(CutSet.from_cuts(chosen), max_duration, skipped=skipped) if b["ids"]
                for v in frames_of(b)]
         x = torch.cat(fit).numpy() if fit else np.zeros((0, 1), np.float32)
         km = kmeans(x[:spec.fit_frames], spec.clusters, spec.seed)
         # Pass 2: assign every utterance, streaming.
-        ids, seqs = [], []
+        ids, seqs, unreadable = [], [], []
         bar = tqdm(total=len(cuts), unit="utt", desc="assigning targets", disable=not progress)
         for b in eval_batches(cuts, max_duration, skipped=skipped):
+            unreadable += [f["cut_id"] for f in b["failed"]]  # the loader skips these in training too
+            if not b["ids"]:
+                continue
             for cut_id, seq in zip(b["ids"], _assign(km, frames_of(b))):
                 ids.append(cut_id)
                 seqs.append(seq)
@@ -395,7 +399,7 @@ def compute_targets(data_dir: str | Path, spec: TargetSpec, *, aligner: str | Pa
             health.update(purity(data_dir, km, frames_of, aligner or spec.run, device, max_duration))
         meta = {"key": key, "clusters": spec.clusters, "spec": spec.__dict__, "health": health,
                 "fit_frames": int(min(x.shape[0], spec.fit_frames)), "frames": int(labels.numel()),
-                "utterances": len(ids), "skipped_audio": skipped.counts(),
+                "utterances": len(ids), "skipped_audio": skipped.counts(), "unreadable": sorted(unreadable),
                 "seconds": round(time.perf_counter() - t0, 1)}
         state = {"format": FORMAT, "version": VERSION, "meta": json.dumps(meta), "ids": ids,
                  "offsets": lengths.cumsum(0), "labels": labels.to(torch.int16 if spec.clusters < 32768 else torch.int32),
@@ -457,6 +461,8 @@ def purity(data_dir: Path, km, frames_of, aligner: str | Path, device: str, max_
     cuts = load_split(data_dir, "labeled").filter(lambda c: bool(cut_text(c))).to_eager()
     texts = {c.id: cut_text(c) for c in cuts}
     for b in eval_batches(cuts, max_duration, skipped=SkippedAudio()):
+        if not b["ids"]:
+            continue
         wav, wav_lens = b["wav"].to(device), b["wav_lens"].to(device)
         feats, lens = model.frontend(wav, wav_lens)
         log_probs, out_lens = model(feats, lens)
