@@ -13,7 +13,8 @@ from bljust.report import headline_table, read_metrics, summarize, write_report
 
 # (dev WER, dev CER, test WER, test CER) per method and seed
 RATES = {("ptft", 0): (0.62, 0.41, 0.50, 0.30), ("ptft", 1): (0.66, 0.43, 0.60, 0.34),
-         ("bljust", 0): (0.55, 0.36, 0.44, 0.25), ("bljust", 1): (0.57, 0.38, 0.50, 0.29)}
+         ("bljust", 0): (0.55, 0.36, 0.44, 0.25), ("bljust", 1): (0.57, 0.38, 0.50, 0.29),
+         ("pl", 0): (0.60, 0.40, 0.52, 0.31), ("pl", 1): (0.61, 0.41, 0.53, 0.32)}
 GROUPS = {"espeak": 0.8, "flite": 1.2}  # a group's rates are the run's rates times this
 
 
@@ -298,3 +299,15 @@ def test_ssl_health_and_hubert_targets(tmp_path):
     assert "| L-1-k100-abc.pt | layer -1 of runs/sup | 100 | 97.0 | 71.2 | 0.412 | 0.377 |" in section
     # PT+FT's rows logged no SSL health: it has none
     assert "| PT+FT |" not in section
+
+
+def test_pseudo_label_rounds_and_their_errors(tmp_path):
+    out = _out_dir(tmp_path, methods=("ptft", "pl"))
+    assert "Pseudo-labels" not in write_report(out)["markdown"].read_text()  # no PL summary: no section
+    (out / "runs" / "pl-seed1" / "summary.json").write_text(json.dumps({"pseudo_labels": {
+        "round1": {"decoded": 100, "kept": 80, "kept_hours": 0.25, "label_cer_all": 0.3, "label_cer_kept": 0.234,
+                   "label_wer_kept": 0.351},
+        "round2": {"decoded": 100, "kept": 80, "kept_hours": 0.26}}}))
+    section = _section(write_report(out)["markdown"].read_text(), "Pseudo-labels")
+    assert "| PL | 1 | 1 | 80 / 100 | 0.25 | 30.0 | 23.4 | 35.1 |" in section
+    assert "| PL | 1 | 2 | 80 / 100 | 0.26 | – | – | – |" in section.replace("—", "–")

@@ -379,6 +379,11 @@ class PLConfig:
     round_warmup_steps: int = 0
     """Linear learning-rate warm-up at the start of every pseudo-labeling round (the seed model warms up
     over optim.warmup_steps); a round starts on new targets, so a warm-up avoids a jump at peak rate."""
+    lr_schedule: Literal["round", "global"] = "round"
+    """'round': the seed model and every round each run the optim schedule over their own steps (a round
+    restarts at the peak rate, after ``round_warmup_steps``); 'global': one schedule over the whole run, and a
+    round only swaps the targets, as iterative and continuous pseudo-labeling do (Xu et al. 2020,
+    Likhomanenko et al. 2021)."""
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "pl.rounds must be >= 1")

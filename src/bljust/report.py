@@ -552,11 +552,8 @@ def _ssl_health(inp: Inputs) -> list[tuple]:
             if last is not None:
                 rows.append([_label(m), _text(run, "seed"), str(last.get("step", DASH)),
                              *[_num(last.get(k), ".1f", scale) for k, _, scale in SSL_HEALTH]])
-            summary_path = inp.out_dir / run["run_dir"] / "summary.json" if inp.out_dir and run.get("run_dir") else None
-            if summary_path is not None and summary_path.is_file():
-                t = json.loads(summary_path.read_text()).get("ssl_targets")
-                if t:
-                    targets[t["path"]] = t
+            if t := _summary(inp, run).get("ssl_targets"):
+                targets[t["path"]] = t
     if not rows:
         return []
     blocks = [("h", 2, "Health of the self-supervised loss"),
@@ -579,6 +576,33 @@ def _ssl_health(inp: Inputs) -> list[tuple]:
                    ("table", ["file", "clustered", "clusters", "code usage %", "perplexity", "PNMI", "purity"],
                     trows, 2)]
     return blocks
+
+
+def _summary(inp: Inputs, run: dict) -> dict:
+    path = inp.out_dir / run["run_dir"] / "summary.json" if inp.out_dir and run.get("run_dir") else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def _pseudo_labels(inp: Inputs) -> list[tuple]:
+    """Each pseudo-labeling round: what was kept, and (when the corpus has the unlabeled audio's transcripts)
+    how wrong the labels were."""
+    rows = []
+    for m in inp.methods:
+        for run in inp.runs[m]:
+            for name, st in _summary(inp, run).get("pseudo_labels", {}).items():
+                rows.append([_label(m), _text(run, "seed"), name.removeprefix("round"),
+                             f"{st.get('kept', DASH)} / {st.get('decoded', DASH)}", _num(st.get("kept_hours"), ".2f"),
+                             _num(st.get("label_cer_all"), ".1f", 100), _num(st.get("label_cer_kept"), ".1f", 100),
+                             _num(st.get("label_wer_kept"), ".1f", 100)])
+    if not rows:
+        return []
+    return [("h", 2, "Pseudo-labels"),
+            ("p", "Each round's labels of the unlabeled split: utterances kept of those decoded, and their error "
+                  "rates against the true transcripts where the corpus has them (the unlabeled_text split the topline "
+                  "trains on; training never reads them). Labels much worse than the model's dev error teach it its "
+                  "own mistakes."),
+            ("table", ["method", "seed", "round", "kept / decoded", "kept hours", "label CER % (all)",
+                       "label CER % (kept)", "label WER % (kept)"], rows, 2)]
 
 
 def _g_threshold(inp: Inputs, with_g: list[str]) -> tuple[float, str]:
@@ -713,7 +737,7 @@ def write_report(out_dir: Path, results: dict | None = None) -> dict[str, Path]:
         (plots / f"{name}.png").unlink(missing_ok=True)
     inp = _load(results, out_dir, plots)
     blocks = []
-    for section in (_setup, _errors, _label_gap, _probe, _curves, _gamma, _ssl, _ssl_health, _reach, _groups, _costs, _per_run):
+    for section in (_setup, _errors, _label_gap, _probe, _curves, _gamma, _ssl, _ssl_health, _pseudo_labels, _reach, _groups, _costs, _per_run):
         blocks += section(inp)
     markdown, page = out_dir / "report.md", out_dir / "report.html"
     markdown.write_text(_markdown(blocks, out_dir))

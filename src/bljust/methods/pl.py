@@ -1,7 +1,8 @@
 """Iterative pseudo-labeling: a seed model trained on the labeled split transcribes the
 unlabeled split (greedily, or with the word LM's beam search, as Kahn et al. 2020 do); the most
 confident hypotheses of plausible length join the labeled data, and training continues on the
-union; R rounds, each re-labeling with the latest model and warming its learning rate up anew.
+union; R rounds, each re-labeling with the latest model; the learning rate restarts each round, or follows
+one schedule over the run (``pl.lr_schedule``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from lhotse import CutSet
 from lhotse.utils import fastcopy
 
 from bljust.config import Config, PLConfig
-from bljust.evaluate import decode_cuts, lm_decode, tune_lm
+from bljust.data.manifests import cut_text, has_split, load_split
+from bljust.evaluate import decode_cuts, error_rates, lm_decode, tune_lm
 from bljust.lm import WordDecoder
 from bljust.methods.common import Run
 from bljust.training import barrier, lr_factor
@@ -60,8 +62,9 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                 run.add_stream(f"round{r}", run.labeled + _round_cuts(run, r), seed_offset=r)
         run.log_plan(f"seed model {seed_steps} steps on labeled data, then {p.rounds} round(s) of {per_round} steps "
                      f"on labeled + pseudo-labeled data (keep top {p.keep_fraction:.0%} by confidence; "
-                     f"{'LM beam search' if p.decode == 'lm' else 'greedy'} labels; warm-up {p.round_warmup_steps} "
-                     f"steps per round)")
+                     f"{'LM beam search' if p.decode == 'lm' else 'greedy'} labels; "
+                     + ("one learning-rate schedule over the run)" if p.lr_schedule == "global" else
+                        f"the schedule restarts each round, warm-up {p.round_warmup_steps} steps)"))
         run.start(total)
         run.model.train()
         while run.counters.step < total:
@@ -77,9 +80,12 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                 continue
             f = run.ctc_loss(batch)
             f.backward()
-            span = starts[stage + 1] - starts[stage]
-            lr = o.lr * lr_factor(step - starts[stage], span, o.warmup_steps if stage == 0 else p.round_warmup_steps,
-                                  o.schedule, o.min_lr_ratio)
+            if p.lr_schedule == "global":
+                lr = o.lr * lr_factor(step, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
+            else:
+                span = starts[stage + 1] - starts[stage]
+                lr = o.lr * lr_factor(step - starts[stage], span,
+                                      o.warmup_steps if stage == 0 else p.round_warmup_steps, o.schedule, o.min_lr_ratio)
             _, norms = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
             run.after_step({"f": run.value(f), "lr": lr, **norms, "round": stage},
                            phase="seed" if stage == 0 else f"round{stage}", started=started)
@@ -95,6 +101,7 @@ def pseudo_label(run: Run, unlabeled: CutSet, stage: int) -> CutSet:
     if run.dist.is_main:
         decoded = transcribe_unlabeled(run, unlabeled)
         cuts, stats = select_pseudo_labels(unlabeled, decoded, run.cfg.pl)
+        stats.update(label_errors(run.data_dir, decoded["hyps"], cuts))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.jsonl.gz")
         cuts.to_file(tmp)
@@ -105,6 +112,26 @@ def pseudo_label(run: Run, unlabeled: CutSet, stage: int) -> CutSet:
         log.info("round %d pseudo-labels: %s", stage, stats)
     barrier(run.dist)
     return _round_cuts(run, stage)
+
+
+def label_errors(data_dir: Path, hyps: dict[str, str], kept: CutSet) -> dict:
+    """The pseudo-labels' WER and CER, of all decoded utterances and of those kept, when the data directory
+    also holds the unlabeled audio's transcripts (the ``unlabeled_text`` split the topline trains on); a
+    diagnostic only: training never reads them."""
+    if not has_split(data_dir, "unlabeled_text"):
+        return {}
+    truth = {c.recording_id: cut_text(c) for c in load_split(data_dir, "unlabeled_text")}
+    by_recording = {c.id: c.recording_id for c in load_split(data_dir, "unlabeled")}
+
+    def rates(ids) -> dict:
+        pairs = [(truth.get(by_recording.get(cid)), hyps[cid]) for cid in ids]
+        pairs = [(r, h) for r, h in pairs if r]
+        return error_rates(*map(list, zip(*pairs))) if pairs else {}
+
+    every, chosen = rates(hyps), rates(c.id for c in kept)
+    return {k: v for k, v in {"label_wer_all": every.get("wer"), "label_cer_all": every.get("cer"),
+                              "label_wer_kept": chosen.get("wer"), "label_cer_kept": chosen.get("cer")}.items()
+            if v is not None}
 
 
 def transcribe_unlabeled(run: Run, unlabeled: CutSet, chunk: int = 500) -> dict:
