@@ -12,9 +12,17 @@ import sys
 import pytest
 import torch
 
-from bljust.compare.budget import BUDGET_RULES, method_settings, ptft_pretrain_steps, stream_batches
+from bljust.compare.budget import (
+    ABLATIONS,
+    BUDGET_RULES,
+    method_settings,
+    ptft_pretrain_steps,
+    spent,
+    stream_batches,
+    train_method,
+)
 from bljust.compare.jobs import plan_jobs, training_settings
-from bljust.compare.results import validate_results
+from bljust.compare.results import RUN_KEYS, SCHEMA, validate_results
 from bljust.config import load_config
 from bljust.lm import PreparedLM
 from bljust.methods import METHOD_NAMES
@@ -250,6 +258,86 @@ def test_a_bljust_plan_that_cannot_fit_is_an_error():
         method_settings("just", cfg, 1, 40, 145, "passes")
     with pytest.raises(ValueError, match="unknown budget rule"):
         method_settings("supervised", cfg, 50, 40, 145, "epochs")
+
+
+# ------------------------------------------------------------------ BL-JUST's ablations, without training
+
+
+@pytest.mark.parametrize("budget", [1000, 1001])
+@pytest.mark.parametrize("rule", BUDGET_RULES)
+def test_an_ablation_is_bljust_with_its_settings_after_the_comparisons_and_bljusts_share(rule, budget):
+    """On the demo config with the comparison's own --set, which each ablation's settings override."""
+    overrides = ["bljust.explore_steps=3", "bljust.first_explore_steps=5", "bljust.finetune_steps=100",
+                 "bljust.gamma_schedule=cosine"]
+    cfg = load_config(DEMO, overrides)
+    bljust, _ = method_settings("bljust", cfg, budget, 40, 145, rule)
+    plans = {}
+    for ablation, own in ABLATIONS.items():
+        assert train_method(ablation) == "bljust"
+        settings, steps = method_settings(ablation, cfg, budget, 40, 145, rule)
+        assert settings[-len(own):] == list(own)  # last: they win over the pinned plan and the comparison's --set
+        job = load_config(DEMO, [*overrides, *settings])  # the job reads config.yaml, then its settings
+        plan = plans[ablation] = make_plan(job.bljust, job.train.max_steps, 7, 9)  # its own plan, in steps
+        assert steps == job.train.max_steps == plan.total
+        odd = 1 if rule == "passes" and ablation == "bljust-no-finetune" else 0  # a pass no joint step fits
+        assert budget - odd <= plan_cost(plan, rule) <= budget
+    assert plans["bljust-no-explore"].explore_total == 0 and plans["bljust-no-explore"].finetune >= 100
+    no_ft = plans["bljust-no-finetune"]
+    assert no_ft.finetune == 0 and no_ft.explore == 3 and no_ft.explore_0 == 5 and no_ft.joint_last > no_ft.joint
+    assert plan_cost(no_ft, rule) == budget - (budget % 2 if rule == "passes" else 0)
+    # constant γ changes no step count: BL-JUST's own plan, then the schedule
+    assert method_settings("bljust-const-gamma", cfg, budget, 40, 145, rule)[0] == [
+        *bljust, "bljust.gamma_schedule=constant"]
+
+
+def test_an_ablation_the_config_already_has_is_flagged(caplog):
+    with caplog.at_level("WARNING", logger="bljust.compare"):
+        method_settings("bljust-no-explore", load_config(DEMO), 1000, 40, 145)  # the demo's BL-JUST has N1 = 0
+    assert "trains the same run as bljust" in caplog.text
+
+
+def _record(method: str, labeled_batches: int, steps: int) -> dict:
+    """A run record of results.json, valid but for what the test sets."""
+    rates = {"wer": 0.5, "cer": 0.3, "groups": {}}
+    values = {int: 0, float: 0.0, str: "", list: [], dict: {}}
+    return {**{key: values[tp] for key, tp in RUN_KEYS.items()}, "method": method, "budget_rule": "labeled",
+            "budget": 40, "labeled_batches": labeled_batches, "steps": steps, "batch_passes": steps,
+            "dev": rates, "test": rates}
+
+
+def test_ablations_are_accounted_as_bljust_under_the_labeled_rule():
+    """Supervised updates are the labeled batches, however many exploration steps came on top."""
+    runs = [_record(m, 40, 70) for m in ("bljust", *ABLATIONS)]
+    assert {spent(run, "labeled") for run in runs} == {40}
+    results = {"schema": SCHEMA, "data": "d", "corpus": {}, "methods": ["bljust", *ABLATIONS], "seeds": [0],
+               "machine": {}, "failed": [], "runs": runs,
+               "budget": {"budget_rule": "labeled", "rule_text": "t", "unit": "labeled_updates", "value": 40}}
+    validate_results(results)
+    runs[-1]["labeled_batches"] = 39
+    with pytest.raises(ValueError, match=r"runs\[3\] \(bljust-const-gamma\) made 39 supervised updates"):
+        validate_results(results)
+
+
+def test_ablations_run_only_when_named_under_their_own_keys(tiny_corpus, tmp_path):
+    from bljust.compare import comparison_methods
+
+    assert not set(ABLATIONS) & set(comparison_methods(tiny_corpus, None))
+    assert comparison_methods(tiny_corpus, ["bljust", "bljust-no-finetune"]) == ["bljust", "bljust-no-finetune"]
+
+    def jobs(methods, *overrides):  # N2 from the streams: the ablations are planned on them too
+        cfg = load_config(TINY, ["bljust.joint_steps=null", *overrides])
+        return {j.method: j for j in plan_jobs(cfg, tiny_corpus, tmp_path, methods, [0], 40, "labeled")}
+
+    every = jobs(["ptft", "bljust", *ABLATIONS])
+    assert len({j.key for j in every.values()}) == len(every)
+    for ablation, own in ABLATIONS.items():
+        job = every[ablation]
+        assert job.run_dir == tmp_path / "runs" / f"{ablation}-seed0" and job.settings[-len(own):] == list(own)
+        alone = jobs([ablation])[ablation]  # without bljust beside it, still planned from the streams
+        assert (alone.key, alone.settings) == (job.key, job.settings)
+    retuned_ptft, retuned_bljust = jobs(list(every), "ptft.pretrain_fraction=0.3"), jobs(list(every), "bljust.rho=0.1")
+    for ablation in ABLATIONS:
+        assert retuned_ptft[ablation].key == every[ablation].key != retuned_bljust[ablation].key
 
 
 def test_stream_batches_counts_what_the_training_run_batches(tiny_corpus, tmp_path):

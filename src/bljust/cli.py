@@ -410,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--order", type=int, default=3)
     lm.set_defaults(func=cmd_lm)
 
-    from bljust.compare.budget import BUDGET_RULES
+    from bljust.compare.budget import ABLATIONS, BUDGET_RULES
 
     for name, help_ in (("compare", "train every method × seed under one budget; write results.json and a report"),
                         ("demo", "generate the demo corpus (if absent) and run compare on it")):
@@ -425,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--config", help="defaults to recipes/demo.yaml")
             c.add_argument("--corpus-seed", type=int, default=0, help="seed of the generated corpus")
             c.add_argument("--synth-jobs", type=int, default=2, help="parallel synthesis processes")
-        c.add_argument("--methods", help=f"comma-separated (default: all: {','.join(METHOD_NAMES)})")
+        c.add_argument("--methods", help=f"comma-separated (default: all: {','.join(METHOD_NAMES)}, and topline when "
+                                         f"the corpus has unlabeled_text); BL-JUST's ablations only when named: "
+                                         f"{','.join(ABLATIONS)}")
         c.add_argument("--seeds", type=int, default=1, help="train seeds 0..N-1 of every method (default 1)")
         c.add_argument("--budget", type=int, help="per run: batch passes (--budget-rule passes) or supervised updates "
                                                   "on labeled batches (labeled); default: the config's train.max_steps")

@@ -279,9 +279,14 @@ class BLJustConfig:
     """N2, penalised joint steps per outer epoch; None: one pass over the labeled stream."""
     finetune_steps: int | None = None
     """N3, the least final fine-tuning steps on f; None: finetune_fraction of the budget. Whatever the budget
-    leaves after the whole outer epochs that fit is added to N3, so a run spends its budget exactly."""
+    leaves after the whole outer epochs that fit is added to N3 (unless ``leftover`` is 'joint'), so a run
+    spends its budget exactly."""
     finetune_fraction: float = 0.1
     """N3 as a fraction of the budget (when finetune_steps is None)."""
+    leftover: Literal["finetune", "joint"] = "finetune"
+    """Where the budget that the whole outer epochs leave goes: 'finetune' adds it to N3; 'joint' adds it to the
+    last outer epoch's joint steps, so that N3 stays as set (finetune_steps=0: no final fine-tuning at all, the
+    N3 = 0 ablation). Under the batch-pass budget an odd pass that no joint step fits is left unspent."""
     rho: float = 2e-3
     """ρ, peak learning rate of the exploration steps."""
     alpha: float = 1e-3

@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # the report only writes files: no display needed, no window opened
 import matplotlib.pyplot as plt
 
-from bljust.compare.budget import RULE_TITLES, TOPLINE
+from bljust.compare.budget import ABLATIONS, RULE_TITLES, TOPLINE
 from bljust.compare.jobs import RANDOM_INIT
 from bljust.methods import METHOD_LABELS
 
@@ -33,7 +33,9 @@ SUMMARY_KEYS = ("dev_wer", "dev_cer", "test_wer", "test_cer", "dev_lm_wer", "dev
 NODES = ("test_unseen", "dev", "test", "probe")
 """Run-record entries that hold rates: key ``test_unseen_cer`` is ``run["test_unseen"]["cer"]`` (longest first, so
 that it is not read as test's), ``probe_cer`` the linear probe's dev CER."""
-EXTRA_LABELS = {TOPLINE: "topline (all transcribed)", RANDOM_INIT: "random init"}
+EXTRA_LABELS = {TOPLINE: "topline (all transcribed)", RANDOM_INIT: "random init",
+                "bljust-no-explore": "BL-JUST, N1 = 0", "bljust-no-finetune": "BL-JUST, N3 = 0",
+                "bljust-const-gamma": "BL-JUST, constant γ"}
 GAP_KEYS = (("dev_cer", "dev CER"), ("test_cer", "test CER"), ("test_unseen_cer", "test_unseen CER"),
             ("dev_lm_wer", "dev WER (LM)"), ("test_lm_wer", "test WER (LM)"),
             ("test_unseen_lm_wer", "test_unseen WER (LM)"))
@@ -329,8 +331,9 @@ def _error_rows(methods: list[str], s: dict, with_relative: bool) -> tuple[list[
     compared = ("test_wer", "test_cer") + (("test_lm_wer",) if lm else ())
     for ref in refs:
         header += [f"{KEY_NAMES[key]} vs {_label(ref)}" for key in compared]
-    # the topline is a reference, not a contender
-    cers = {m: s[m]["test_cer"]["mean"] for m in methods if s[m]["test_cer"]["mean"] is not None and m != TOPLINE}
+    # the topline is a reference and an ablation a variant of BL-JUST: neither is a contender for the best method
+    cers = {m: s[m]["test_cer"]["mean"] for m in methods
+            if s[m]["test_cer"]["mean"] is not None and m != TOPLINE and m not in ABLATIONS}
     best = min(cers, key=cers.get) if cers else None
     rows = []
     for m in methods:
@@ -358,6 +361,8 @@ def _errors(inp: Inputs) -> list[tuple]:
                      "Best test CER in bold."
                      + (" The topline (supervised training with every unlabeled utterance transcribed, same budget) "
                         "is a reference, not in the running." if TOPLINE in inp.methods else "")
+                     + (" BL-JUST's ablations are variants of BL-JUST, not in the running either."
+                        if any(m in ABLATIONS for m in inp.methods) else "")
                      + (" test_unseen: a test set of voices in no other split." if any(
                          inp.summary[m]["test_unseen_cer"]["n"] for m in inp.methods) else "")
                      + (" Columns marked (LM): a lexicon beam search with the word n-gram LM, its weight and word "
@@ -377,6 +382,103 @@ def _errors(inp: Inputs) -> list[tuple]:
     ax.set_ylim(top=1.2 * ax.get_ylim()[1])  # room for the legend above the value labels
     ax.legend(ncol=2, loc="upper right")
     return blocks + [("figure", _save(fig, inp.plots / "bars.png"), "Test WER and CER per method")]
+
+
+REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
+
+
+def _not_measured(needs: list[str]) -> str:
+    return f"not measured (needs {'; '.join(needs)})"
+
+
+def _lower(s: dict, methods: list[str], key: str) -> tuple[str, str]:
+    """The numbers and the verdict of "``methods[0]`` < ``methods[1]`` < …" in ``key``: each step holds when
+    the later method's mean over seeds exceeds the earlier one's by more than the larger of their sample
+    standard deviations, so it needs two seeds of each."""
+    stats = {m: s[m][key] for m in methods if m in s}
+    numbers = ["; ".join(f"{_label(m)}: {_pct(stats[m]) + ' %' if m in stats else DASH}" for m in methods)]
+    needs = []
+    for m in methods:
+        if m not in s:
+            needs.append(f"runs of {_label(m)}" + (f": --methods {m}" if m in ABLATIONS else ""))
+        elif stats[m]["n"] < 2:
+            needs.append(f"{KEY_NAMES[key]} of two or more seeds of {_label(m)}")
+    if needs:
+        return numbers[0], _not_measured(needs)
+    holds = True
+    for better, worse in zip(methods, methods[1:]):
+        gap = stats[worse]["mean"] - stats[better]["mean"]
+        spread = max(stats[better]["std"], stats[worse]["std"])
+        numbers.append(f"{_label(worse)} − {_label(better)} = {100 * gap:+.1f} points, spread {100 * spread:.1f}")
+        holds = holds and gap > spread
+    return "; ".join(numbers), REPRODUCED if holds else NOT_REPRODUCED
+
+
+def _seeds(pairs: list[tuple[dict, str]]) -> str:
+    return ", ".join(f"seed {_text(run, 'seed')}: {text}" for run, text in pairs)
+
+
+def _claim_compute(inp: Inputs) -> tuple[str, str]:
+    """Claim 2: every BL-JUST run reaches PT+FT's dev CER within half PT+FT's batch passes (``_reach_ptft``)."""
+    if needs := [f"runs of {_label(m)}" for m in ("ptft", "bljust") if m not in inp.runs]:
+        return DASH, _not_measured(needs)
+    target, budget, hits = _reach_ptft(inp)
+    runs = inp.runs["bljust"]
+    numbers = f"PT+FT: dev CER {100 * target:.1f} % in {budget:.0f} batch passes"
+    if any(id(run) not in hits for run in runs):
+        return numbers, _not_measured(["the dev CER at the validations of every BL-JUST run (metrics.jsonl)"])
+    reached = [(run, None if hits[id(run)] is None else _passes(hits[id(run)])) for run in runs]
+    numbers += "; BL-JUST reached it after: " + _seeds(
+        [(run, "not reached" if p is None else f"{p} passes ({p / budget:.2f} of PT+FT's)") for run, p in reached])
+    return numbers, REPRODUCED if all(p is not None and p <= budget / 2 for _, p in reached) else NOT_REPRODUCED
+
+
+def _claim_g(inp: Inputs) -> tuple[str, str]:
+    """Claim 3: every BL-JUST run reaches the g_heldout PT+FT ended its pre-training at (``_g_threshold``) in
+    fewer unlabeled batches (g steps) than PT+FT's pre-training took."""
+    if needs := [f"runs of {_label(m)}" for m in ("ptft", "bljust") if m not in inp.runs]:
+        return DASH, _not_measured(needs)
+    ends = [end for run in inp.runs["ptft"] if (end := _g_end(inp, "ptft", run)) is not None]
+    points = {id(run): _heldout(inp.rows[id(run)]) for run in inp.runs["bljust"]}
+    if not ends or not all(points.values()):
+        return DASH, _not_measured(["g_heldout from PT+FT and every BL-JUST run: data.heldout_unlabeled_fraction > 0"])
+    threshold, _ = _g_threshold(inp, ["ptft"])
+    pretraining = statistics.fmean(end["unlabeled_batches"] for end in ends)
+    reached = [(run, hit["unlabeled_batches"] if (hit := _g_reach(points[id(run)], threshold)) else None)
+               for run in inp.runs["bljust"]]
+    numbers = (f"PT+FT: g_heldout {threshold:.3f} after {pretraining:.0f} unlabeled batches of pre-training (means "
+               f"over {len(ends)} run(s)); BL-JUST reached it after: "
+               + _seeds([(run, "not reached" if b is None else str(b)) for run, b in reached]))
+    return numbers, REPRODUCED if all(b is not None and b < pretraining for _, b in reached) else NOT_REPRODUCED
+
+
+def _claims(inp: Inputs) -> list[tuple]:
+    """The papers' four claims (method.md §7 and §4), each reproduced, not reproduced or not measured, beside
+    the numbers its verdict rests on."""
+    s = inp.summary
+    keys = ["test_cer"] + (["test_lm_wer"] if _has_lm(s, inp.methods) else [])
+    rows = [["1. BL-JUST < PT+FT < supervised", KEY_NAMES[k], *_lower(s, ["bljust", "ptft", "supervised"], k)]
+            for k in keys]
+    rows.append(["2. BL-JUST reaches PT+FT's error with at most half its compute", "dev CER, batch passes",
+                 *_claim_compute(inp)])
+    rows.append(["3. g falls faster under BL-JUST than in PT+FT's pre-training", "g_heldout, unlabeled batches",
+                 *_claim_g(inp)])
+    ablations = [("bljust-no-explore", "4. removing exploration (N1 = 0) hurts"),
+                 ("bljust-no-finetune", "4. removing the final fine-tuning (N3 = 0) hurts")]
+    if "bljust-const-gamma" in s:  # not one of the papers' claims: shown when it ran
+        ablations.append(("bljust-const-gamma", "(ours) a constant γ instead of the ramp hurts"))
+    rows += [[claim, KEY_NAMES[k], *_lower(s, ["bljust", m], k)] for m, claim in ablations for k in keys]
+    return [("h", 2, "The papers' claims"),
+            ("p", ("Rule for claims 1 and 4: one method beats another when its mean error over seeds is lower by more "
+                   "than the larger of the two sample standard deviations (points of the rate), so each needs two or "
+                   "more seeds; claim 1 needs both steps. Claims 2 and 3 must hold for every BL-JUST seed: claim 2 "
+                   "reads the validation points of \"Compute to reach PT+FT's dev CER\" (half = at most 0.50 of "
+                   "PT+FT's batch passes), claim 3 those of \"Convergence of the unsupervised loss g\" (fewer "
+                   "unlabeled batches than PT+FT's pre-training took to its final g_heldout). "
+                   + ("Test WER (LM): the beam search with the word LM. " if len(keys) > 1 else "")
+                   + "Validation points are train.valid_every steps apart, so claims 2 and 3 are read at that "
+                   "resolution.")),
+            ("table", ["claim", "measure", "numbers", "verdict"], rows, 4)]
 
 
 def _label_gap(inp: Inputs) -> list[tuple]:
@@ -528,7 +630,7 @@ def _ssl(inp: Inputs) -> list[tuple]:
     for m in methods:
         for run in inp.runs[m]:  # every seed: one crossing point is too noisy to stand alone
             points = _heldout(inp.rows[id(run)])
-            hit = next((r for r in points if r["g_heldout"] <= threshold), None)
+            hit = _g_reach(points, threshold)
             reached = ([str(hit["unlabeled_batches"]), f"{hit['train_seconds'] / 60:.1f}"] if hit is not None
                        else ["not reached"] * 2)
             total = run.get("unlabeled_batches", points[-1]["unlabeled_batches"] if points else None)
@@ -605,19 +707,48 @@ def _pseudo_labels(inp: Inputs) -> list[tuple]:
                        "label CER % (kept)", "label WER % (kept)"], rows, 2)]
 
 
+def _g_end(inp: Inputs, method: str, run: dict) -> dict | None:
+    """The validation of ``run`` whose g_heldout sets the threshold: for PT+FT the one when its pre-training
+    ended (its last before its first labeled batch; its last if none came before), for another method its
+    last; None when the run logged no g_heldout."""
+    points = _heldout(inp.rows[id(run)])
+    pretraining = [r for r in points if r.get("labeled_batches") == 0] if method == "ptft" else []
+    return (pretraining or points)[-1] if points else None
+
+
 def _g_threshold(inp: Inputs, with_g: list[str]) -> tuple[float, str]:
-    """The g_heldout every method is asked to reach: PT+FT's when its pre-training ended (its last validation
-    before its first labeled batch; its last validation if none came before), mean over its runs; without
-    PT+FT, the final g_heldout of the first method that logged it."""
+    """The g_heldout every method is asked to reach: PT+FT's when its pre-training ended (``_g_end``), mean
+    over its runs; without PT+FT, the final g_heldout of the first method that logged it."""
     source = "ptft" if "ptft" in with_g else with_g[0]
-    finals = []
-    for run in inp.runs[source]:
-        points = _heldout(inp.rows[id(run)])
-        pretraining = [r for r in points if r.get("labeled_batches") == 0] if source == "ptft" else []
-        if points:
-            finals.append((pretraining or points)[-1]["g_heldout"])
+    finals = [end["g_heldout"] for run in inp.runs[source] if (end := _g_end(inp, source, run)) is not None]
     what = "g_heldout at the end of its pre-training" if source == "ptft" else "final g_heldout"
     return statistics.fmean(finals), f"{_label(source)}'s {what}, mean over {len(finals)} run(s)"
+
+
+def _g_reach(points: list[dict], threshold: float) -> dict | None:
+    """The first of ``_heldout``'s validations at or below ``threshold``; None when none got there."""
+    return next((r for r in points if r["g_heldout"] <= threshold), None)
+
+
+def _passes(row: dict) -> int:
+    """Batch passes (labeled + unlabeled batches) a run had made at a validation row."""
+    return row["labeled_batches"] + row["unlabeled_batches"]
+
+
+def _reach_ptft(inp: Inputs) -> tuple[float, float, dict[int, dict | None]]:
+    """PT+FT's selected dev CER (the target) and batch passes, means over its runs, and per run (by id()) its
+    first validation at or below the target, None when none got there; a run without validations that carry
+    a dev CER and batch counts is left out. Needs a PT+FT run."""
+    target = statistics.fmean(r["dev"]["cer"] for r in inp.runs["ptft"])
+    budget = statistics.fmean(r["batch_passes"] for r in inp.runs["ptft"])
+    hits = {}
+    for runs in inp.runs.values():
+        for run in runs:
+            dev = [r for r in inp.rows[id(run)] if r["kind"] == "dev" and _finite(r.get("cer"))
+                   and isinstance(r.get("labeled_batches"), int)]
+            if dev:
+                hits[id(run)] = next((r for r in dev if r["cer"] <= target), None)
+    return target, budget, hits
 
 
 def _reach(inp: Inputs) -> list[tuple]:
@@ -626,20 +757,16 @@ def _reach(inp: Inputs) -> list[tuple]:
     blocks = [("h", 2, "Compute to reach PT+FT's dev CER")]
     if "ptft" not in inp.runs:
         return blocks + [("p", "No PT+FT run in these results.")]
-    target = statistics.fmean(r["dev"]["cer"] for r in inp.runs["ptft"])
-    budget = statistics.fmean(r["batch_passes"] for r in inp.runs["ptft"])
+    target, budget, hits = _reach_ptft(inp)
     rows = []
     for m in inp.methods:
         for run in inp.runs[m]:
-            dev = [r for r in inp.rows[id(run)] if r["kind"] == "dev" and _finite(r.get("cer"))
-                   and isinstance(r.get("labeled_batches"), int)]
-            hit = next((r for r in dev if r["cer"] <= target), None)
-            if not dev:
+            if id(run) not in hits:
                 rows.append([_label(m), _text(run, "seed"), DASH, DASH, DASH, "not logged"])
-            elif hit is None:
+            elif (hit := hits[id(run)]) is None:
                 rows.append([_label(m), _text(run, "seed"), "not reached", DASH, DASH, _text(run, "batch_passes")])
             else:
-                passes = hit["labeled_batches"] + hit["unlabeled_batches"]
+                passes = _passes(hit)
                 rows.append([_label(m), _text(run, "seed"), str(passes), f"{passes / budget:.2f}",
                              _num(hit.get("train_seconds"), ".1f", 1 / 60), _text(run, "batch_passes")])
     return blocks + [
@@ -737,7 +864,8 @@ def write_report(out_dir: Path, results: dict | None = None) -> dict[str, Path]:
         (plots / f"{name}.png").unlink(missing_ok=True)
     inp = _load(results, out_dir, plots)
     blocks = []
-    for section in (_setup, _errors, _label_gap, _probe, _curves, _gamma, _ssl, _ssl_health, _pseudo_labels, _reach, _groups, _costs, _per_run):
+    for section in (_setup, _errors, _claims, _label_gap, _probe, _curves, _gamma, _ssl, _ssl_health, _pseudo_labels,
+                    _reach, _groups, _costs, _per_run):
         blocks += section(inp)
     markdown, page = out_dir / "report.md", out_dir / "report.html"
     markdown.write_text(_markdown(blocks, out_dir))

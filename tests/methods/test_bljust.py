@@ -326,6 +326,48 @@ def test_first_epoch_exploration_plan_and_lr_indexing():
     assert lrs[0] == pytest.approx(1.0) and lrs[1] == pytest.approx(lr_factor(4, 6, 0, "cosine", 0.0))
 
 
+@pytest.mark.parametrize("unit", sorted(UNITS))
+@pytest.mark.parametrize("budget", [20, 61, 1001])
+def test_leftover_to_joint_steps_keeps_n3_and_fills_the_budget_with_the_last_epoch(unit, budget):
+    """The N3 = 0 ablation: what the whole outer epochs leave goes to the last epoch's joint steps, not to N3
+    (which would bring the final fine-tuning back); in batch passes an odd pass may stay unspent."""
+    for first, n3 in ((None, 0), (4, 0), (None, 3)):
+        b = BLJustConfig(explore_steps=2, first_explore_steps=first, joint_steps=5, finetune_steps=n3,
+                         leftover="joint")
+        plan = make_plan(b, budget, 40, 145, unit=unit)
+        assert plan.finetune == n3 and plan.joint_last >= plan.joint
+        assert 0 <= budget - plan_cost(plan, unit) < UNITS[unit][1], plan
+        default = make_plan(BLJustConfig(explore_steps=2, first_explore_steps=first, joint_steps=5,
+                                         finetune_steps=n3), budget, 40, 145, unit=unit)
+        assert plan.outer_epochs == default.outer_epochs and default.finetune >= n3  # the leftover went to N3 there
+        phases = [plan.locate(s) for s in range(plan.total)]
+        assert sum(ph == "finetune" for ph, _, _ in phases) == n3
+        joint = [plan.joint_index(k, i) for ph, k, i in phases if ph == "joint"]
+        assert joint == list(range(plan.joint_total))  # γ's and the lr's counter run through the longer epoch
+        assert [k for ph, k, _ in phases if ph != "finetune"][-1] == plan.outer_epochs - 1
+
+
+def test_a_longer_last_epoch_is_located_step_by_step():
+    p = Plan(outer_epochs=2, explore=2, joint=3, finetune=0, last_joint=5)
+    assert p.total == 12 and p.joint_total == 8 and p.explore_total == 4
+    assert [p.locate(s) for s in range(p.total)] == [
+        ("explore", 0, 0), ("explore", 0, 1), ("joint", 0, 0), ("joint", 0, 1), ("joint", 0, 2),
+        ("explore", 1, 0), ("explore", 1, 1), *[("joint", 1, i) for i in range(5)]]
+    one = Plan(outer_epochs=1, explore=1, joint=2, finetune=1, last_joint=4)  # K = 1: the first epoch is the last
+    assert [one.locate(s)[0] for s in range(one.total)] == ["explore"] + ["joint"] * 4 + ["finetune"]
+    assert make_plan(BLJustConfig(explore_steps=2, joint_steps=3, finetune_steps=0), 12, 8, 40) == Plan(2, 2, 3, 2)
+
+
+def test_a_run_without_final_fine_tuning_logs_no_finetune_step(tiny_corpus, tmp_path):
+    summary, train = train_rows(tiny_corpus, tmp_path, ["train.max_steps=9", "bljust.outer_epochs=2",
+                                                        "bljust.explore_steps=1", "bljust.joint_steps=2",
+                                                        "bljust.finetune_steps=0", "bljust.leftover=joint"])
+    assert [r["phase"] for r in train] == ["explore", "joint", "joint", "explore"] + ["joint"] * 5
+    assert (summary["last_joint_steps"], summary["finetune_steps"], summary["labeled_batches"]) == (5, 0, 7)
+    # γ ramps over all 7 joint steps, the last epoch's longer phase included: γ_max from step 3.5 on
+    assert [r["gamma"] for r in train if r["phase"] == "joint"] == pytest.approx([0, 2 / 7, 4 / 7, 6 / 7, 1, 1, 1])
+
+
 @pytest.mark.parametrize("reset", [False, True])
 def test_reset_optimizer_at_finetune(tiny_corpus, tmp_path, reset):
     """With the reset, fine-tuning starts from fresh Adam moments (step counts restart), as PT+FT's does."""

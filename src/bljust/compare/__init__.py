@@ -1,7 +1,7 @@
 """``bljust compare``: every method × seed on one data directory under one declared budget.
 
 - ``budget``: the budget rules (equal batch passes, or equal labeled updates) and each method's share,
-  the topline's included;
+  the topline's and BL-JUST's ablations' included;
 - ``jobs``: run keys, the job subprocesses (training runs, then linear probes of their encoders) and their
   scheduling;
 - ``results``: the results.json schema and validator, and the costs, corpus and machine it records.
@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from bljust.compare.budget import BUDGET_RULES, RULE_UNITS, TOPLINE, TOPLINE_SPLIT, check_rule, rule_text
+from bljust.compare.budget import ABLATIONS, BUDGET_RULES, RULE_UNITS, TOPLINE, TOPLINE_SPLIT, check_rule, rule_text
 from bljust.compare.jobs import (
     RANDOM_INIT,
     available_cores,
@@ -41,11 +41,11 @@ __all__ = ["BUDGET_RULES", "compare"]
 
 def comparison_methods(data: Path, methods: list[str] | None) -> list[str]:
     """``methods`` checked, or by default every method, and the topline when ``data`` has the transcripts it
-    trains on (the ``unlabeled_text`` split)."""
+    trains on (the ``unlabeled_text`` split); BL-JUST's ablations only when named."""
     from bljust.data.manifests import has_split, manifest_paths
 
     methods = list(methods or (*METHOD_NAMES, *((TOPLINE,) if has_split(data, TOPLINE_SPLIT) else ())))
-    known = (*METHOD_NAMES, TOPLINE)
+    known = (*METHOD_NAMES, TOPLINE, *ABLATIONS)
     if unknown := [m for m in methods if m not in known]:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     if TOPLINE in methods and not has_split(data, TOPLINE_SPLIT):

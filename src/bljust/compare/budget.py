@@ -12,7 +12,7 @@ Two rules, chosen with ``--budget-rule``:
 
 Under both, inference (validation, PL's re-labeling) is not counted; its wall-clock is in the cost table.
 The topline (``TOPLINE``: supervised training with the unlabeled utterances' transcripts too) gets
-supervised's share.
+supervised's share, and BL-JUST's ablations (``ABLATIONS``) BL-JUST's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import logging
 from pathlib import Path
 
-from bljust.config import Config
+from bljust.config import Config, apply_overrides, config_from_dict, to_dict
 from bljust.methods import METHOD_NAMES
 
 BUDGET_RULES = ("passes", "labeled")
@@ -34,6 +34,15 @@ TOPLINE = "topline"
 transcripts (the corpus's ``unlabeled_text`` split), under the same budget: what transcribing everything buys."""
 TOPLINE_SPLIT = "unlabeled_text"
 """The split of the unlabeled utterances with transcripts that the topline adds to ``data.labeled_splits``."""
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "bljust-no-explore": ("bljust.explore_steps=0", "bljust.first_explore_steps=0"),
+    # the budget whole outer epochs leave would otherwise become N3 again: it goes to joint steps instead
+    "bljust-no-finetune": ("bljust.finetune_steps=0", "bljust.leftover=joint"),
+    "bljust-const-gamma": ("bljust.gamma_schedule=constant",),
+}
+"""Compare's entries for BL-JUST's ablations (method.md §4): BL-JUST trained with these settings after the
+comparison's own (so they win), under BL-JUST's share of the budget: N1 = 0, N3 = 0, and γ = γ_max from the
+first joint step. Run only when named in ``--methods``."""
 
 RULE_TITLES = {"passes": "equal batch passes", "labeled": "equal labeled updates"}
 RULE_UNITS = {"passes": "batch_passes", "labeled": "labeled_updates"}
@@ -97,8 +106,9 @@ def stream_batches(cfg: Config, data: Path, seed: int | None = None) -> tuple[in
 
 
 def train_method(method: str) -> str:
-    """The training method a comparison entry runs: the topline is supervised training on more labels."""
-    return "supervised" if method == TOPLINE else method
+    """The training method a comparison entry runs: the topline is supervised training on more labels, an
+    ablation is BL-JUST."""
+    return "supervised" if method == TOPLINE else "bljust" if method in ABLATIONS else method
 
 
 def ptft_pretrain_steps(cfg: Config, budget: int) -> int:
@@ -126,6 +136,13 @@ def method_settings(method: str, cfg: Config, budget: int, labeled_batches: int,
         splits = list(dict.fromkeys([*cfg.data.labeled_splits, TOPLINE_SPLIT]))
         settings, steps = method_settings("supervised", cfg, budget, labeled_batches, unlabeled_batches, rule)
         return [*settings, f"data.labeled_splits={json.dumps(splits)}"], steps
+    if method in ABLATIONS:  # BL-JUST planned with the ablation's settings, which come last in the job's too
+        ablated = config_from_dict(apply_overrides(to_dict(cfg), list(ABLATIONS[method])))
+        if to_dict(ablated) == to_dict(cfg):  # e.g. recipes/demo.yaml's BL-JUST has N1 = 0 already
+            log.warning("%s: the config's BL-JUST has %s already; this entry trains the same run as bljust", method,
+                        " and ".join(ABLATIONS[method]))
+        settings, steps = bljust_settings(ablated, budget, labeled_batches, unlabeled_batches, rule)
+        return [*settings, *ABLATIONS[method]], steps
     if method not in METHOD_NAMES:
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(METHOD_NAMES)}")
     if method in ("supervised", "pl"):  # one labeled (or pseudo-labeled) batch and one pass per step
@@ -145,11 +162,13 @@ def method_settings(method: str, cfg: Config, budget: int, labeled_batches: int,
 
 def bljust_settings(cfg: Config, budget: int, labeled_batches: int, unlabeled_batches: int,
                     rule: str) -> tuple[list[str], int]:
-    from bljust.methods.bljust import make_plan, plan_cost
+    from bljust.methods.bljust import UNITS, make_plan, plan_cost
 
     unit = "passes" if rule == "passes" else "labeled"
     plan = make_plan(cfg.bljust, budget, labeled_batches, unlabeled_batches, unit=unit)
-    if plan.finetune < 0 or plan_cost(plan, unit) != budget:
+    # exact, but for the odd pass that no joint step fits when the leftover goes to joint steps (make_plan)
+    spare = UNITS[unit][1] if cfg.bljust.leftover == "joint" else 1
+    if plan.finetune < 0 or not 0 <= budget - plan_cost(plan, unit) < spare:
         raise ValueError(f"bljust: the plan {plan} spends {plan_cost(plan, unit)} {unit}, not the budget of "
                          f"{budget}")
     if plan.note:

@@ -162,7 +162,7 @@ def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: lis
     jobs = []
     for seed in seeds:
         # one pass of each stream of this seed's runs: BL-JUST's plan (N2, N1 by default) depends on them
-        lab, unl = stream_batches(cfg, data, seed) if "bljust" in methods else (0, 0)
+        lab, unl = stream_batches(cfg, data, seed) if any(train_method(m) == "bljust" for m in methods) else (0, 0)
         for method in methods:
             settings, steps = method_settings(method, cfg, budget, lab, unl, rule)
             settings = [f"train.seed={seed}", *settings]

@@ -6,12 +6,13 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from bljust.compare.budget import BUDGET_RULES, TOPLINE, spent
+from bljust.compare.budget import ABLATIONS, BUDGET_RULES, TOPLINE, spent
 from bljust.compare.jobs import RANDOM_INIT, TEST_UNSEEN
 from bljust.methods import METHOD_NAMES
 
-SCHEMA = "bljust.compare/3"
-"""/3 added the topline entry, the optional test_unseen scores and the linear probes."""
+SCHEMA = "bljust.compare/4"
+"""/3 added the topline entry, the optional test_unseen scores and the linear probes; /4 BL-JUST's ablation
+entries."""
 
 COST_KEYS = ("steps", "budget", "batch_passes", "labeled_batches", "unlabeled_batches", "train_seconds",
              "wall_seconds", "audio_hours", "labeled_hours", "unlabeled_hours", "labeled_passes", "unlabeled_passes",
@@ -107,7 +108,7 @@ def validate_results(results: dict) -> None:
         where = f"runs[{i}]"
         for key, tp in RUN_KEYS.items():
             need(run, key, tp, where)
-        if run["method"] not in (*METHOD_NAMES, TOPLINE):
+        if run["method"] not in (*METHOD_NAMES, TOPLINE, *ABLATIONS):
             raise ValueError(f"results.json: {where}.method '{run['method']}' is not a known method")
         if run["budget_rule"] != rule or run["budget"] != budget["value"]:
             raise ValueError(f"results.json: {where} ran under the rule '{run['budget_rule']}' with a budget of "

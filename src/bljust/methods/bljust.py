@@ -40,6 +40,9 @@ class Plan:
     """N1 of the first outer epoch (None: ``explore``)."""
     note: str = ""
     """How the plan departs from the config to fit its budget (empty: it does not)."""
+    last_joint: int | None = None
+    """N2 of the last outer epoch (None: ``joint``): longer when it takes what the whole epochs leave of the
+    budget instead of N3 (``bljust.leftover``)."""
 
     @property
     def per_epoch(self) -> int:
@@ -50,16 +53,21 @@ class Plan:
         return self.explore if self.first_explore is None else self.first_explore
 
     @property
+    def joint_last(self) -> int:
+        return self.joint if self.last_joint is None else self.last_joint
+
+    @property
     def explore_total(self) -> int:
         return self.explore_0 + (self.outer_epochs - 1) * self.explore
 
     @property
     def joint_total(self) -> int:
-        return self.outer_epochs * self.joint
+        return self.outer_epochs * self.joint + self.joint_last - self.joint
 
     @property
     def total(self) -> int:
-        return self.outer_epochs * self.per_epoch + self.explore_0 - self.explore + self.finetune
+        return (self.outer_epochs * self.per_epoch + self.explore_0 - self.explore + self.joint_last - self.joint
+                + self.finetune)
 
     def explore_index(self, k: int, i: int) -> int:
         """Exploration steps before step i of outer epoch k's exploration."""
@@ -70,13 +78,15 @@ class Plan:
         return k * self.joint + i
 
     def locate(self, step: int) -> tuple[str, int, int]:
-        first = self.explore_0 + self.joint
+        first = self.explore_0 + (self.joint if self.outer_epochs > 1 else self.joint_last)
         if step < first:
             return ("explore", 0, step) if step < self.explore_0 else ("joint", 0, step - self.explore_0)
-        loop = first + (self.outer_epochs - 1) * self.per_epoch
+        loop = self.total - self.finetune
         if step >= loop:
             return "finetune", self.outer_epochs, step - loop
-        k, i = divmod(step - first, self.per_epoch)
+        # epochs after the first, the last one possibly longer: its steps past per_epoch stay in it
+        k = min((step - first) // self.per_epoch, self.outer_epochs - 2)
+        i = step - first - k * self.per_epoch
         return ("explore", k + 1, i) if i < self.explore else ("joint", k + 1, i - self.explore)
 
 
@@ -91,10 +101,11 @@ def make_plan(b: BLJustConfig, budget: int, labeled_batches: int, unlabeled_batc
     ``bljust train`` and ``compare`` both plan a run.
 
     The plan spends ``budget`` in ``unit`` (see ``UNITS``) exactly: K is the most whole outer
-    epochs that leave room for the configured N3, and whatever they leave is added to N3. When
-    not even one epoch fits, the single epoch is shrunk (N3, then N2, then the first N1) and the
-    plan says so in ``Plan.note``. A plan never exceeds its budget: a pinned K that does not fit
-    is an error.
+    epochs that leave room for the configured N3, and whatever they leave is added to N3, or with
+    ``leftover`` 'joint' to the last epoch's N2 (in batch passes an odd pass that no joint step
+    fits is then left). When not even one epoch fits, the single epoch is shrunk (N3, then N2, then
+    the first N1) and the plan says so in ``Plan.note``. A plan never exceeds its budget: a pinned
+    K that does not fit is an error.
     """
     explore_cost, joint_cost, finetune_cost = UNITS[unit]
     n1 = b.explore_steps if b.explore_steps is not None else round(b.explore_fraction * unlabeled_batches)
@@ -121,8 +132,11 @@ def make_plan(b: BLJustConfig, budget: int, labeled_batches: int, unlabeled_batc
         note = f"one outer epoch shrunk to fit the budget of {budget} {unit}"
     used = explore_cost * n1_first + joint_cost * n2 + (k - 1) * epoch
     finetune = (budget - used) // finetune_cost
+    extra = 0
+    if b.leftover == "joint" and finetune > n3:  # N3 stays as set; the rest lengthens the last epoch's joint phase
+        extra, finetune = (budget - used - finetune_cost * n3) // joint_cost, n3
     first_explore = n1_first if n1_first != n1 else b.first_explore_steps
-    return Plan(k, n1, n2, finetune, first_explore, note)
+    return Plan(k, n1, n2, finetune, first_explore, note, n2 + extra if extra else None)
 
 
 def plan_cost(plan: Plan, unit: str) -> int:
@@ -189,8 +203,9 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         pbgd = b.pbgd_scaling if b.pbgd_scaling is not None else o.name == "sgd"
         theta, phi, eta = run.group_params("theta", "phi", "eta")
         first = "" if plan.first_explore is None else f" (first epoch: N1={plan.explore_0})"
+        last = "" if plan.last_joint is None else f" (last epoch: N2={plan.joint_last})"
         run.log_plan(f"K={plan.outer_epochs} outer epochs × (N1={plan.explore} exploration + N2={plan.joint} joint "
-                     f"steps){first} + N3={plan.finetune} fine-tuning steps = {plan.total} steps"
+                     f"steps){first}{last} + N3={plan.finetune} fine-tuning steps = {plan.total} steps"
                      f"{f' ({plan.note})' if plan.note else ''}; a joint step takes 1 labeled and 1 unlabeled "
                      f"batch; labeled pass = {labeled.batches_per_epoch()} batches, unlabeled pass = "
                      f"{unlabeled.batches_per_epoch()} batches; γ: {b.gamma_schedule} {b.gamma_0} → {b.gamma_max} "
@@ -252,6 +267,6 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
 
         return run.finish({"outer_epochs": plan.outer_epochs, "explore_steps": plan.explore,
                            "first_explore_steps": plan.explore_0, "joint_steps": plan.joint,
-                           "finetune_steps": plan.finetune})
+                           "last_joint_steps": plan.joint_last, "finetune_steps": plan.finetune})
     finally:
         run.close()
