@@ -608,3 +608,24 @@ def test_labeled_splits_are_a_union_of_distinct_utterances(tiny_corpus, tmp_path
     for bad in ("[]", "[labeled, labeled]", "[labeled, unlabeled]"):
         with pytest.raises(ConfigError, match="data.labeled_splits"):
             load_config(TINY, [f"data.labeled_splits={bad}"])
+
+
+def test_a_transducer_comparison_decodes_greedily_without_an_lm(tiny_corpus, tmp_path):
+    """model.loss=rnnt: the corpus's LM text is left unused with a logged note (the lexicon beam search is
+    CTC-only), every run is scored by greedy transducer decoding (the default), and a beam search re-scores without retraining."""
+    args = ["--data", str(tiny_corpus), "--out", str(tmp_path), "--methods", "supervised", "--seeds", "1", *ARGS,
+            "--set", "model.loss=rnnt", "--set", "model.predictor_dim=32", "--set", "model.joiner_dim=32"]
+    r = compare(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "no word-LM decoding (the lexicon beam search is CTC-only)" in r.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["lm"] is None and results["decoding"].startswith("greedy transducer")
+    (run,) = results["runs"]
+    assert "lm" not in run["test"] and run["test"]["decoding"] == results["decoding"]
+    assert run["probe"]["cer"] >= 0  # the linear probe read the transducer run's encoder
+    best = (tmp_path / run["run_dir"] / "best.pt").stat().st_mtime_ns
+    r = compare(*args, "--set", "decode.rnnt_beam=2")
+    assert r.returncode == 0 and r.stderr.count("re-evaluating") == 1, r.stderr[-3000:]
+    assert (tmp_path / run["run_dir"] / "best.pt").stat().st_mtime_ns == best
+    assert json.loads((tmp_path / "results.json").read_text())["runs"][0]["test"]["decoding"].startswith(
+        "transducer modified beam search (beam 2")

@@ -51,3 +51,18 @@ def test_a_retired_key_is_ignored_with_a_warning(caplog):
         cfg = config_from_dict({"train": {"max_bad_steps": 100, "max_steps": 7}})
     assert cfg.train.max_steps == 7 and cfg.train.max_bad_step_fraction == 0.02
     assert "train.max_bad_steps is retired" in caplog.text
+
+
+@pytest.mark.parametrize("override", ["decode.lm=lm/3gram.arpa", "pl.decode=lm"])
+def test_a_transducer_refuses_the_word_lm(override):
+    """The lexicon beam search decodes CTC posteriors: asking it of a transducer fails at load, not mid-run."""
+    load_config(None, [override])  # a CTC model's
+    with pytest.raises(ConfigError, match="CTC models only.*model.loss is rnnt"):
+        load_config(None, [override, "model.loss=rnnt"])
+
+
+def test_a_config_without_the_transducer_keys_is_a_ctc_one():
+    """Configs (and so models and run keys) written before model.loss existed mean CTC, as they did."""
+    from bljust.config import config_from_dict
+
+    assert config_from_dict({"model": {"d_model": 96}}).model.loss == "ctc"

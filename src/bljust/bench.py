@@ -39,7 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 from bljust.config import Config, load_config
 from bljust.methods.common import add_penalty_gradient, ctc_objective, ssl_objective
 from bljust.models import count_parameters
-from bljust.models.asr import CTCModel
+from bljust.models.asr import ASRModel
 from bljust.training import Dist, build_optimizer, clip_groups, pick_device
 
 KINDS = ("supervised", "ssl", "joint")
@@ -59,7 +59,7 @@ class Bench:
 
     cfg: Config
     device: torch.device
-    model: CTCModel
+    model: ASRModel
     optimizer: torch.optim.Optimizer
     labeled: tuple[torch.Tensor, torch.Tensor]
     unlabeled: tuple[torch.Tensor, torch.Tensor]
@@ -124,7 +124,7 @@ def make_bench(cfg: Config, batch_seconds: float = 60.0, utt_seconds: float = 5.
     dev = torch.device(device) if device is not None else pick_device(cfg.train.device, Dist())
     gen = torch.Generator().manual_seed(0)
     lab, unl = _batch(batch_seconds, utt_seconds, gen), _batch(batch_seconds, utt_seconds, gen)
-    model = CTCModel(cfg, 30, ssl=True, ssl_targets=_random_targets(cfg, unl[1], gen)).to(dev)
+    model = ASRModel(cfg, 30, ssl=True, ssl_targets=_random_targets(cfg, unl[1], gen)).to(dev)
     optimizer = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
     targets = [list(torch.randint(2, 29, (int(utt_seconds * 12),), generator=gen).tolist()) for _ in range(len(lab[0]))]
     return Bench(cfg, dev, model, optimizer, (lab[0].to(dev), lab[1].to(dev)), (unl[0].to(dev), unl[1].to(dev)),

@@ -138,7 +138,7 @@ def cmd_evaluate(args) -> int:
 
     run, split = Path(args.run), args.split
     scores = evaluate_run(run, Path(args.data), (split,), args.device, lm=args.lm, lm_weight=args.lm_weight,
-                          word_score=args.word_score, beam_size=args.beam_size)[split]
+                          word_score=args.word_score, beam_size=args.beam_size, rnnt_beam=args.rnnt_beam)[split]
     greedy = {k: v for k, v in scores.items() if k != "lm"}
     if args.lm:  # the scores asked for are the beam search's; greedy decoding's are kept beside them
         result = {**{k: v for k, v in scores["lm"].items() if k not in ("lm_weight", "word_score")},
@@ -147,7 +147,7 @@ def cmd_evaluate(args) -> int:
         decoding = (f"lexicon beam search (beam {args.beam_size}) with the LM {args.lm}, LM weight "
                     f"{args.lm_weight:g}, word score {args.word_score:g}")
     else:
-        result, decoding = greedy, "greedy CTC"
+        result, decoding = greedy, scores["decoding"]
     result.update({"split": split, "data": str(args.data), "model": str(model_path(run)),
                    "normalization": NORMALIZATION, "decoding": decoding})
     out_dir = (run if run.is_dir() else run.parent) / "eval"
@@ -164,13 +164,17 @@ def cmd_evaluate(args) -> int:
 def cmd_transcribe(args) -> int:
     import torch
 
+    from bljust.evaluate import check_lm_decodable
     from bljust.inference import load_trained, transcribe_files
 
     model, tokenizer, cfg = load_trained(args.run, args.device)
+    if args.lm:
+        check_lm_decodable(cfg, args.run)
     decoder = _word_decoder(args, tokenizer)
+    beam = cfg.decode.rnnt_beam if args.rnnt_beam is None else args.rnnt_beam
     failures = 0
     for path, text, error in transcribe_files(model, tokenizer, args.files, torch.device(args.device),
-                                              word_decoder=decoder, amp=cfg.train.amp):
+                                              word_decoder=decoder, amp=cfg.train.amp, beam=beam):
         if error is not None:
             failures += 1
             print(f"bljust transcribe: {path}: {error}", file=sys.stderr)
@@ -384,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--lm-weight", type=float, default=1.0, help="with --lm: weight of the LM score (default 1)")
         c.add_argument("--word-score", type=float, default=0.0, help="with --lm: score added per word (default 0)")
         c.add_argument("--beam-size", type=int, default=50, help="with --lm: hypotheses kept per frame")
+        c.add_argument("--rnnt-beam", type=int, help="transducer models (model.loss=rnnt; --lm is CTC-only): "
+                                                     "hypotheses of their beam search, 0: greedy (default: the "
+                                                     "model's decode.rnnt_beam, 4)")
 
     pr = sub.add_parser("probe", help="linear-probe a run's frozen encoder: dev CER of a fresh linear CTC head",
                         description="Freeze the run's encoder, run it once over the labeled split and dev (eval mode, "

@@ -16,8 +16,7 @@ import torch
 from bljust.data.audio import SkippedAudio
 from bljust.data.loader import eval_batches
 from bljust.data.text import normalize_transcript
-from bljust.decode import greedy_ctc
-from bljust.models.asr import ctc_loss_sum
+from bljust.decode import MAX_SYMBOLS_PER_FRAME
 from bljust.training import autocast
 
 NORMALIZATION = "upper case; letters A-Z, apostrophes and single spaces kept, everything else removed"
@@ -44,11 +43,11 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict:
 @torch.no_grad()
 def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: float = 120.0,
                 with_loss: bool = True, num_workers: int = 0, keep_emissions: bool = False, amp: bool = True,
-                skipped: SkippedAudio | None = None) -> dict:
-    """Greedy-decode ``cuts``: hypotheses, references, confidences (mean log-posterior of the
-    emitted units) and the mean CTC loss per token; with ``keep_emissions`` also each
-    utterance's (T, V) log-posteriors on the CPU, for a later LM search. ``amp``: bf16 autocast
-    where the device computes bf16 natively, as in training.
+                skipped: SkippedAudio | None = None, beam: int | None = None) -> dict:
+    """Decode ``cuts`` greedily (or, for a transducer, with a ``beam`` search): hypotheses, references,
+    confidences (mean log-probability of the emitted units) and the mean loss f per token (CTC or RNN-T);
+    with ``keep_emissions`` (CTC models) also each utterance's (T, V) log-posteriors on the CPU, for a
+    later LM search. ``amp``: bf16 autocast where the device computes bf16 natively, as in training.
 
     Audio that fails the loader's checks is not decoded (nor scored): it is logged once and counted
     in ``skipped`` (a fresh one when not given), whose counts are returned as ``skipped_audio``."""
@@ -66,20 +65,20 @@ def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: floa
         wav, wav_lens = batch["wav"].to(device), batch["wav_lens"].to(device)
         feats, feat_lens = model.frontend(wav, wav_lens)
         with autocast(device, amp):
-            log_probs, lens = model(feats, feat_lens)
-        seqs, conf = greedy_ctc(log_probs, lens)
+            hidden, lens = model.encode(feats, feat_lens)
+            seqs, conf = model.decode(hidden, lens, beam)
+            log_probs = model.log_probs(hidden) if keep_emissions else None
+            targets = [tokenizer.encode(t) for t in batch["texts"]] if with_loss and all(batch["texts"]) else None
+            loss = model.loss_sum(hidden, lens, targets) if targets else None
         for b, (cid, seq, c, text) in enumerate(zip(batch["ids"], seqs, conf, batch["texts"])):
             hyps[cid] = tokenizer.decode(seq)
             refs[cid] = text
             confidence[cid] = c
-            if keep_emissions:
+            if log_probs is not None:
                 emissions[cid] = log_probs[b, :int(lens[b])].float().cpu()
-        if with_loss and all(batch["texts"]):
-            targets = [tokenizer.encode(t) for t in batch["texts"]]
-            loss = ctc_loss_sum(log_probs, lens, targets)
-            if torch.isfinite(loss):
-                loss_sum += float(loss)
-                loss_tokens += sum(len(t) for t in targets)
+        if loss is not None and torch.isfinite(loss):
+            loss_sum += float(loss)
+            loss_tokens += sum(len(t) for t in targets)
     model.train(was_training)
     out = {"hyps": hyps, "refs": refs, "confidence": confidence,
            "loss": loss_sum / max(loss_tokens, 1) if loss_tokens else float("nan"), "skipped_audio": skipped.counts()}
@@ -145,19 +144,40 @@ def scores_with_groups(decoded: dict, cuts) -> dict:
             "num_words": overall["num_words"], "num_chars": overall["num_chars"], "groups": groups}
 
 
+def check_lm_decodable(cfg, model_file) -> None:
+    """The word-LM beam search decodes CTC posteriors: refuse a transducer before anything is decoded."""
+    if cfg.model.loss != "ctc":
+        raise ValueError(f"{model_file} is a transducer model (model.loss={cfg.model.loss}); the word-LM lexicon "
+                         f"beam search (--lm) decodes CTC models only: decode it without --lm (its own beam search)")
+
+
+def decoding_name(cfg, beam: int | None = None) -> str:
+    """How ``evaluate_run`` decodes a model of config ``cfg`` without an LM (a transducer: with ``beam``, by
+    default its ``decode.rnnt_beam``), in words."""
+    if cfg.model.loss == "ctc":
+        return "greedy CTC"
+    beam = cfg.decode.rnnt_beam if beam is None else beam
+    if beam == 0:
+        return f"greedy transducer (at most {MAX_SYMBOLS_PER_FRAME} units per frame)"
+    return f"transducer modified beam search (beam {beam}, at most one unit per frame)"
+
+
 def evaluate_run(run: str | Path, data: str | Path, splits: Sequence[str] = ("test",), device: str = "cpu", *,
                  lm: str | None = None, lm_weight: float | None = None, word_score: float | None = None,
                  lm_weights: Sequence[float] = (), word_scores: Sequence[float] = (), beam_size: int = 50,
-                 max_duration: float = 120.0) -> dict:
+                 max_duration: float = 120.0, rnnt_beam: int | None = None) -> dict:
     """Score a trained model (a run directory's best.pt, or a model file) on ``splits`` of ``data``.
 
-    Every split is decoded greedily; its hypotheses go to ``eval/<split>.hyp.txt`` beside the model.
-    With ``lm`` (an ARPA file) each split is also decoded by the lexicon beam search
+    Every split is decoded greedily (a transducer: by its beam search, with ``rnnt_beam`` hypotheses, by
+    default its config's ``decode.rnnt_beam``; 0: greedily); its hypotheses go to ``eval/<split>.hyp.txt``
+    beside the model.
+    With ``lm`` (an ARPA file; CTC models only) each split is also decoded by the lexicon beam search
     (``eval/<split>.lm.hyp.txt``): at ``lm_weight`` and ``word_score`` when both are given, else at the
     pair of the ``lm_weights`` × ``word_scores`` grid with the lowest WER on the first split (which must
     be dev: the grid is searched there, kept in its result, and the choice applied to the others once).
 
-    Returns ``{split: {wer, cer, num_utterances, num_words, num_chars, groups, loss[, lm]}}``, where
+    Returns ``{split: {wer, cer, num_utterances, num_words, num_chars, groups, loss, decoding[, lm]}}``, where
+    ``decoding`` names the decoding without the LM (``decoding_name``) and
     ``lm`` holds the beam search's scores with its ``lm_weight`` and ``word_score``.
     """
     from bljust.data.manifests import load_split
@@ -171,6 +191,9 @@ def evaluate_run(run: str | Path, data: str | Path, splits: Sequence[str] = ("te
     run = Path(run)
     out_dir = (run if run.is_dir() else run.parent) / "eval"
     model, tokenizer, cfg = load_trained(run, device)
+    if lm:
+        check_lm_decodable(cfg, run)
+    beam = cfg.decode.rnnt_beam if rnnt_beam is None else rnnt_beam  # a CTC model ignores it
     decoder = None
     if lm:
         from bljust.lm import WordDecoder
@@ -180,9 +203,10 @@ def evaluate_run(run: str | Path, data: str | Path, splits: Sequence[str] = ("te
     for split in splits:
         cuts = load_split(data, split).to_eager()
         d = decode_cuts(model, tokenizer, cuts, torch.device(device), max_duration=max_duration,
-                        keep_emissions=decoder is not None, amp=cfg.train.amp)
+                        keep_emissions=decoder is not None, amp=cfg.train.amp, beam=beam)
         write_hypotheses(out_dir / f"{split}.hyp.txt", d)
-        out[split] = {**scores_with_groups(d, cuts), "loss": d["loss"], "skipped_audio": d["skipped_audio"]}
+        out[split] = {**scores_with_groups(d, cuts), "loss": d["loss"], "skipped_audio": d["skipped_audio"],
+                      "decoding": decoding_name(cfg, beam)}
         if decoder is None:
             continue
         if chosen is None:

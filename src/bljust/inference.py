@@ -14,8 +14,7 @@ from bljust.config import Config, config_from_dict
 from bljust.data.audio import non_finite_detail
 from bljust.data.manifests import SAMPLE_RATE
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state
-from bljust.decode import greedy_ctc
-from bljust.models.asr import CTCModel
+from bljust.models.asr import ASRModel
 from bljust.training import autocast
 
 log = logging.getLogger("bljust.inference")
@@ -34,7 +33,7 @@ def model_path(run_or_file: str | Path) -> Path:
     raise FileNotFoundError(f"{p} holds no trained model (no best.pt and no checkpoints/step-*.pt)")
 
 
-def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") -> tuple[CTCModel, Tokenizer, Config]:
+def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") -> tuple[ASRModel, Tokenizer, Config]:
     path = model_path(run_or_file)
     state = load(path)
     missing = [k for k in ("model", "config", "tokenizer") if not isinstance(state, dict) or k not in state]
@@ -42,7 +41,7 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
         raise ValueError(f"{path} is not a bljust model file (it has no {', '.join(missing)})")
     cfg = config_from_dict(state["config"])
     tokenizer = tokenizer_from_state(state["tokenizer"])
-    model = CTCModel(cfg, tokenizer.vocab_size)
+    model = ASRModel(cfg, tokenizer.vocab_size)
     model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith("ssl.")})
     return model.to(device).eval(), tokenizer, cfg
 
@@ -69,11 +68,13 @@ def read_audio(path: str | Path) -> np.ndarray:
 
 
 @torch.no_grad()
-def transcribe_files(model: CTCModel, tokenizer: Tokenizer, paths: list[str], device: torch.device,
-                     max_seconds_per_batch: float = 120.0, word_decoder=None, amp: bool = True):
+def transcribe_files(model: ASRModel, tokenizer: Tokenizer, paths: list[str], device: torch.device,
+                     max_seconds_per_batch: float = 120.0, word_decoder=None, amp: bool = True,
+                     beam: int | None = None):
     """Yields (path, text, error) in input order; a file that cannot be read gets an error, not an exception.
 
-    Greedy CTC decoding, or ``word_decoder`` (a :class:`bljust.lm.WordDecoder`) when given; ``amp``
+    Greedy CTC decoding, or ``word_decoder`` (a :class:`bljust.lm.WordDecoder`; CTC models) when given; a
+    transducer decodes with its beam search of ``beam`` hypotheses (greedily when 0 or None). ``amp`` and ``beam``
     as in training and evaluation, so a file transcribes as ``bljust evaluate`` decodes it."""
     pending: list[tuple[str, np.ndarray]] = []
 
@@ -83,11 +84,15 @@ def transcribe_files(model: CTCModel, tokenizer: Tokenizer, paths: list[str], de
         wav = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
         feats, feat_lens = model.frontend(wav, lens.to(device))
         with autocast(device, amp):
-            log_probs, out_lens = model(feats, feat_lens)  # float32 (the CTC head casts up)
+            hidden, out_lens = model.encode(feats, feat_lens)
+            if word_decoder is not None:
+                log_probs = model.log_probs(hidden)  # float32 (the CTC head casts up)
+            else:
+                seqs = model.decode(hidden, out_lens, beam)[0]
         if word_decoder is not None:
             texts = word_decoder.decode([log_probs[b, :int(out_lens[b])] for b in range(len(pending))])
         else:
-            texts = [tokenizer.decode(s) for s in greedy_ctc(log_probs, out_lens)[0]]
+            texts = [tokenizer.decode(s) for s in seqs]
         out = [(p, t, None) for (p, _), t in zip(pending, texts)]
         pending.clear()
         return out

@@ -33,7 +33,7 @@ from bljust.data.tokenizer import tokenizer_from_state
 from bljust.decode import greedy_ctc
 from bljust.evaluate import error_rates
 from bljust.inference import model_path
-from bljust.models.asr import CTCModel, ctc_loss_sum
+from bljust.models.asr import ASRModel, ctc_loss_sum
 from bljust.training import autocast
 
 PROBE_SPLIT = "labeled"
@@ -88,7 +88,7 @@ class Cached:
 
 
 def load_encoder(run_or_file: str | Path, device: torch.device, *, random_init: bool = False,
-                 seed: int = 0) -> tuple[CTCModel, object, object, Path, dict]:
+                 seed: int = 0) -> tuple[ASRModel, object, object, Path, dict]:
     """The model of a run (its best.pt, else its newest checkpoint, or a model file), its tokenizer, its
     config, the file read and the file's other entries (method, step). With ``random_init`` the same
     architecture with weights drawn from ``seed``, keeping the run's feature normalisation statistics.
@@ -112,7 +112,7 @@ def load_encoder(run_or_file: str | Path, device: torch.device, *, random_init: 
     weights = {k: v for k, v in state["model"].items() if not k.startswith("ssl.")}
     with torch.random.fork_rng(devices=[]):  # the weights drawn here must not depend on, or move, the caller's RNG
         torch.manual_seed(seed)
-        model = CTCModel(cfg, tokenizer.vocab_size)
+        model = ASRModel(cfg, tokenizer.vocab_size)
     try:
         if random_init:
             model.frontend.load_state_dict({k.removeprefix("frontend."): v for k, v in weights.items()
@@ -126,7 +126,7 @@ def load_encoder(run_or_file: str | Path, device: torch.device, *, random_init: 
 
 
 @torch.no_grad()
-def encode(model: CTCModel, cuts, device: torch.device, *, layer: int, amp: bool, max_duration: float,
+def encode(model: ASRModel, cuts, device: torch.device, *, layer: int, amp: bool, max_duration: float,
            skipped: SkippedAudio) -> list[Cached]:
     """Run the frozen encoder once over ``cuts`` (eval mode, no augmentation); bad audio goes to ``skipped``."""
     out = []

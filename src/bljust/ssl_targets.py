@@ -452,11 +452,16 @@ def ctc_align(log_probs: np.ndarray, tokens: list[int], blank: int = 0) -> np.nd
 
 @torch.no_grad()
 def purity(data_dir: Path, km, frames_of, aligner: str | Path, device: str, max_duration: float) -> dict[str, float]:
-    """PNMI and cluster purity of the clusters against the aligner's units on the labeled split."""
+    """PNMI and cluster purity of the clusters against the aligner's units on the labeled split; none (a
+    logged note) when the aligner is a transducer, which has no per-frame posteriors to align with."""
     from bljust.data.manifests import cut_text
     from bljust.inference import load_trained
 
-    model, tok, _ = load_trained(aligner, device)
+    model, tok, cfg = load_trained(aligner, device)
+    if cfg.model.loss != "ctc":
+        log.warning("%s is a transducer (model.loss=%s): PNMI and cluster purity need a CTC run's alignments "
+                    "(--align RUN); not measured", aligner, cfg.model.loss)
+        return {}
     joint: dict[tuple[int, int], int] = {}
     cuts = load_split(data_dir, "labeled").filter(lambda c: bool(cut_text(c))).to_eager()
     texts = {c.id: cut_text(c) for c in cuts}

@@ -20,7 +20,7 @@ from bljust.data.audio import BadAudio, SkippedAudio, load_checked
 from bljust.data.loader import filter_cuts
 from bljust.data.manifests import SAMPLE_RATE, SPLITS, load_split, manifest_paths, write_split
 from bljust.data.tokenizer import CharTokenizer
-from bljust.models.asr import CTCModel
+from bljust.models.asr import ASRModel
 from tests.broken import INFEASIBLE, make_broken_corpus
 from tests.conftest import REPO, TINY
 
@@ -141,7 +141,7 @@ def test_reasons_are_the_loaders_and_the_training_filters(broken, checked):
 
     # And the training filter, run as a run runs it, drops what the check reports, word for word.
     cfg = load_config(TINY)
-    model = CTCModel(cfg, CharTokenizer().vocab_size)
+    model = ASRModel(cfg, CharTokenizer().vocab_size)
     limits = {"min_seconds": cfg.data.min_utterance_seconds,
               "max_seconds": min(cfg.data.max_utterance_seconds, cfg.data.max_duration)}
     for split, tokenizer in (("labeled", CharTokenizer()), ("unlabeled", None)):
@@ -247,3 +247,11 @@ def test_a_split_that_cannot_be_cut_is_a_clear_error_pointing_at_the_check(broke
     # dev-overrun's supervision ends a second after its recording: lhotse cannot cut the split
     with pytest.raises(ValueError, match=r"cannot cut the 'dev' split .*bljust corpus check"):
         load_split(broken[0], "dev")
+
+
+def test_a_transducer_config_keeps_utterances_with_more_units_than_frames(broken):
+    """A transducer emits any number of units per frame, and its training keeps such utterances: so does the check."""
+    report = check_corpus(broken[0], load_config(TINY, ["model.loss=rnnt"]), jobs=2)
+    utterances = _findings(report, "utterance")
+    assert INFEASIBLE not in utterances
+    assert set(utterances) == set(OWN_UTTERANCES)

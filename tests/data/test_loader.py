@@ -139,7 +139,7 @@ def test_the_filter_names_missing_and_empty_files_before_trusting_the_manifest(b
     from bljust.data.loader import filter_cuts
     from bljust.data.manifests import cut_text
     from bljust.data.tokenizer import train_tokenizer
-    from bljust.models.asr import CTCModel
+    from bljust.models.asr import ASRModel
     from tests.broken import INFEASIBLE
     from tests.conftest import TINY
 
@@ -147,7 +147,7 @@ def test_the_filter_names_missing_and_empty_files_before_trusting_the_manifest(b
     cfg = load_config(TINY)
     cuts = load_split(data, "labeled")
     tok = train_tokenizer(cfg.tokenizer, [t for c in cuts if (t := cut_text(c))])
-    model = CTCModel(cfg, tok.vocab_size)
+    model = ASRModel(cfg, tok.vocab_size)
     skipped = SkippedAudio()
     kept, report = filter_cuts(cuts, "labeled", min_seconds=0.3, max_seconds=20.0, tokenizer=tok,
                                output_frames=model.output_frames, skipped=skipped)

@@ -14,7 +14,7 @@ from bljust.config import BLJustConfig, OptimConfig, load_config
 from bljust.methods import bljust
 from bljust.methods.bljust import UNITS, Plan, gamma_at, learning_rate, make_plan, penalty_weights, plan_cost
 from bljust.methods.common import add_penalty_gradient, ctc_objective
-from bljust.models.asr import CTCModel
+from bljust.models.asr import ASRModel
 from bljust.training import Dist, build_optimizer, clip_groups, lr_factor
 from tests.conftest import TINY
 
@@ -24,7 +24,7 @@ CPU = torch.device("cpu")
 def _setup(loss: str = "bestrq"):
     torch.manual_seed(0)
     cfg = load_config(TINY, ["model.dropout=0.0", f"ssl.loss={loss}", "ssl.mask_prob=0.1", "ssl.mask_span=5"])
-    model = CTCModel(cfg, 30, ssl=True)
+    model = ASRModel(cfg, 30, ssl=True)
     g = torch.Generator().manual_seed(1)
     lf, uf = torch.randn(2, 200, 80, generator=g), torch.randn(3, 240, 80, generator=g)
     data = {"l": (lf, torch.tensor([200, 150])), "u": (uf, torch.tensor([240, 200, 180])),

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from bljust.config import load_config
 from bljust.methods.common import add_penalty_gradient, ctc_objective, ssl_objective, sync_gradients
-from bljust.models.asr import CTCModel
+from bljust.models.asr import ASRModel
 from bljust.training import Dist, build_optimizer, clip_groups, step_generator
 from tests.conftest import TINY
 
@@ -47,7 +47,7 @@ def _model(loss: str, optim: str):
     lr = 0.5 if optim == "sgd" else 2e-3
     cfg = load_config(TINY, ["model.dropout=0.0", f"ssl.loss={loss}", f"optim.name={optim}", f"optim.lr={lr}",
                              f"optim.clip_grad_norm={CLIP}"])
-    return cfg, CTCModel(cfg, 30, ssl=True)
+    return cfg, ASRModel(cfg, 30, ssl=True)
 
 
 def _batches():

@@ -31,6 +31,9 @@ CASES = {
     "bljust-reset": (["train.max_steps=9", "bljust.outer_epochs=1", "bljust.explore_steps=1", "bljust.joint_steps=3",
                       "bljust.reset_optimizer_at_finetune=true", "optim.name=sgd"], 7),  # dies in fine-tuning
     "pl": (["train.max_steps=10", "pl.min_chars_per_second=0"], 7),  # dies in round 2, after its labeling
+    "bljust-rnnt": (["train.max_steps=12", "bljust.outer_epochs=2", "bljust.explore_steps=2", "bljust.joint_steps=3",
+                     "bljust.finetune_steps=2", "model.loss=rnnt", "model.predictor_dim=32", "model.joiner_dim=32",
+                     "model.rnnt_chunk=2"], 9),  # a transducer head, its joint recomputed in backward
 }
 
 

@@ -65,16 +65,16 @@ def test_torchrun_two_processes(tiny_corpus, tmp_path):
 
 
 def test_non_finite_loss_skips_the_step_and_names_its_batch(tiny_corpus, tmp_path, monkeypatch):
-    import bljust.methods.common as common
+    import bljust.models.asr as asr
 
-    real, calls = common.ctc_loss_sum, {"n": 0}
+    real, calls = asr.ctc_loss_sum, {"n": 0}
 
     def sometimes_inf(*args):
         calls["n"] += 1
         loss = real(*args)
         return loss * float("inf") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(common, "ctc_loss_sum", sometimes_inf)
+    monkeypatch.setattr(asr, "ctc_loss_sum", sometimes_inf)
     cfg = load_config(TINY, ["train.max_steps=4", "train.max_bad_step_fraction=0.25"])
     summary = supervised.train(cfg, tiny_corpus, tmp_path / "run")
     assert summary["bad_steps"] == 1 and summary["steps"] == 4
@@ -88,10 +88,10 @@ def test_non_finite_loss_skips_the_step_and_names_its_batch(tiny_corpus, tmp_pat
 
 def test_a_run_that_cannot_train_stops_and_names_the_batches(tiny_corpus, tmp_path, monkeypatch):
     """More than max_bad_step_fraction of the steps skipped: a non-zero exit naming the cut ids, not a quiet 'done'."""
-    import bljust.methods.common as common
+    import bljust.models.asr as asr
     from bljust.training import TrainingFailed
 
-    monkeypatch.setattr(common, "ctc_loss_sum", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(asr, "ctc_loss_sum", lambda *a: torch.tensor(float("nan"), requires_grad=True))
     cfg = load_config(TINY, ["train.max_steps=40", "train.max_bad_step_fraction=0.05"])
     with pytest.raises(TrainingFailed, match=r"3 of 3 steps so far skipped.*step 1: \S+") as e:
         supervised.train(cfg, tiny_corpus, tmp_path / "run")

@@ -64,8 +64,8 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
 
     ``methods`` defaults to every method, and the topline when the corpus has the ``unlabeled_text`` split."""
     from bljust.data.manifests import SPLITS, has_split
-    from bljust.evaluate import NORMALIZATION
-    from bljust.lm import lm_order_of, prepare_lm
+    from bljust.evaluate import NORMALIZATION, decoding_name
+    from bljust.lm import PreparedLM, lm_order_of, prepare_lm
 
     data, out = Path(data).resolve(), Path(out)
     missing = [s for s in SPLITS if not has_split(data, s)]
@@ -78,7 +78,14 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
     cfg = load_config(config, overrides or [])
     budget = budget or cfg.train.max_steps
     out.mkdir(parents=True, exist_ok=True)
-    lm = prepare_lm(cfg.decode, data, out)
+    if cfg.model.loss == "ctc":
+        lm = prepare_lm(cfg.decode, data, out)
+    else:  # the config refuses decode.lm for a transducer; the corpus's LM text is left unused
+        lm = PreparedLM()
+        if (data / "lm_text.txt").is_file():
+            log.info("compare: model.loss=%s: no word-LM decoding (the lexicon beam search is CTC-only); every "
+                     "run is decoded by the transducer's beam search alone, and %s is not used", cfg.model.loss,
+                     data / "lm_text.txt")
     job_list = plan_jobs(cfg, data, out, methods, seeds, budget, budget_rule, lm)
     check_reusable(job_list)
     dump_config(cfg, out / "config.yaml")
@@ -118,7 +125,7 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
                    "max_duration": cfg.data.max_duration,
                    "rule_text": rule_text(budget_rule, cfg.data.max_duration)},
         "methods": methods, "seeds": seeds, "machine": machine_info(parallel, devices, cores),
-        "normalization": NORMALIZATION, "decoding": "greedy CTC" + (
+        "normalization": NORMALIZATION, "decoding": decoding_name(cfg) + (
             f"; and a lexicon beam search (beam {cfg.decode.beam_size}) with the word {lm_order_of(lm.path)}-gram LM "
             f"{lm.path}, whose weight and word score are chosen per run on dev WER" if lm.path else ""),
         "lm": lm.path,

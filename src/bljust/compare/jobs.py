@@ -159,6 +159,9 @@ def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: lis
     lm_path, lm_sha, decode_key = (lm.path, lm.sha256, lm.decode_key) if lm is not None else (None, "", "")
     if (splits := eval_splits(data)) != EVAL_SPLITS:  # a corpus that gained test_unseen re-scores, not retrains
         decode_key = hashlib.sha256(json.dumps([decode_key, splits]).encode()).hexdigest()[:16]
+    if cfg.model.loss == "rnnt":  # so does a change of the transducer's beam (CTC runs' keys stay as they were)
+        decode_key = hashlib.sha256(json.dumps([decode_key, "rnnt_beam", cfg.decode.rnnt_beam]).encode()
+                                    ).hexdigest()[:16]
     jobs = []
     for seed in seeds:
         # one pass of each stream of this seed's runs: BL-JUST's plan (N2, N1 by default) depends on them
@@ -260,7 +263,8 @@ def run_job(spec_path: Path) -> int:
     device = "cuda" if spec["device"].startswith("cuda") else "cpu"
     d = cfg.decode
     scores = evaluate_run(run_dir, data, tuple(spec.get("eval_splits", EVAL_SPLITS)), device, lm=spec.get("lm"),
-                          lm_weights=d.lm_weights, word_scores=d.word_scores, beam_size=d.beam_size)
+                          lm_weights=d.lm_weights, word_scores=d.word_scores, beam_size=d.beam_size,
+                          rnnt_beam=d.rnnt_beam)
     write_json(run_dir / "record.json", {
         "method": spec["method"], "seed": spec["seed"], "key": spec["key"], "decode_key": spec.get("decode_key", ""),
         "budget_rule": spec["budget_rule"], "settings": spec["settings"], **costs, **scores})

@@ -269,7 +269,7 @@ def _training_rules(cfg: Config, labeled_texts: list[str], notes: list[str]) -> 
     """Per split, the ``training_reason`` settings a run (``methods.common.Run``) applies, with the tokenizer
     and model it would build from the labeled transcripts."""
     from bljust.data.tokenizer import train_tokenizer
-    from bljust.models.asr import CTCModel
+    from bljust.models.asr import ASRModel
 
     d = cfg.data
     try:
@@ -278,8 +278,8 @@ def _training_rules(cfg: Config, labeled_texts: list[str], notes: list[str]) -> 
         tokenizer = None
         notes.append(f"no tokenizer ({e}): transcripts were not checked against units")
     output_frames = None
-    if tokenizer is not None:
-        output_frames = lru_cache(maxsize=None)(CTCModel(cfg, tokenizer.vocab_size).output_frames)
+    if tokenizer is not None and cfg.model.loss == "ctc":  # a transducer may emit several units per frame
+        output_frames = lru_cache(maxsize=None)(ASRModel(cfg, tokenizer.vocab_size).output_frames)
     limits = {"min_seconds": d.min_utterance_seconds, "max_seconds": min(d.max_utterance_seconds, d.max_duration)}
     scored = {"min_seconds": None, "max_seconds": None, "needs_text": True,
               "tokenizer": tokenizer, "output_frames": output_frames}

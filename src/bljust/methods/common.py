@@ -36,7 +36,7 @@ from bljust.data.manifests import cut_text, load_split
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state, train_tokenizer
 from bljust.evaluate import decode_cuts, score
 from bljust.models import count_parameters
-from bljust.models.asr import CTCModel, ctc_loss_sum
+from bljust.models.asr import ASRModel
 from bljust.ssl_targets import targets_for_run
 from bljust.training import (
     Dist,
@@ -80,16 +80,17 @@ def sync_gradients(params: list[torch.Tensor], dist: Dist) -> None:
         offset += n
 
 
-def ctc_objective(model: CTCModel, feats: torch.Tensor, lens: torch.Tensor, targets: list[list[int]], dist: Dist,
+def ctc_objective(model: ASRModel, feats: torch.Tensor, lens: torch.Tensor, targets: list[list[int]], dist: Dist,
                   device: torch.device, amp: bool) -> torch.Tensor:
-    """f: CTC loss per target token of the global batch (tokens summed over processes)."""
+    """f: the supervised loss (CTC, or RNN-T with ``model.loss: rnnt``; the name is from when f was always
+    CTC) per target token of the global batch (tokens summed over processes). Every method's f is this."""
     tokens = all_reduce_sum(float(sum(len(t) for t in targets)), dist, device)
     with autocast(device, amp):
-        log_probs, out_lens = model(feats, lens)
-    return ctc_loss_sum(log_probs, out_lens, targets) / tokens
+        hidden, out_lens = model.encode(feats, lens)
+        return model.loss_sum(hidden, out_lens, targets) / tokens
 
 
-def ssl_objective(model: CTCModel, feats: torch.Tensor, lens: torch.Tensor, generator: torch.Generator, dist: Dist,
+def ssl_objective(model: ASRModel, feats: torch.Tensor, lens: torch.Tensor, generator: torch.Generator, dist: Dist,
                   device: torch.device, amp: bool, ids: list[str] | None = None) -> tuple[torch.Tensor, dict]:
     """g: the self-supervised loss per predicted position of the global batch (positions summed over
     processes), and its health statistics on this process's batch. ``ids``: the batch's cut ids (HuBERT
@@ -216,7 +217,7 @@ class Run:
                                  f"{self.ssl_targets.path} holds {self.ssl_targets.key}; resume with the same targets")
             log.info("HuBERT targets %s: %d clusters, %s", self.ssl_targets.path, self.ssl_targets.clusters,
                      ", ".join(f"{k} {v:.3g}" for k, v in self.ssl_targets.meta.get("health", {}).items()))
-        self.model = CTCModel(cfg, self.tokenizer.vocab_size, ssl=ssl, ssl_targets=self.ssl_targets).to(self.device)
+        self.model = ASRModel(cfg, self.tokenizer.vocab_size, ssl=ssl, ssl_targets=self.ssl_targets).to(self.device)
         if cfg.data.speed_perturb:  # before filtering: a slowed copy can outgrow the duration limit
             self.labeled = speed_perturbed(self.labeled, cfg.data.speed_perturb)
         self.labeled = self.filter(self.labeled, "labeled", labeled=True)
@@ -247,10 +248,13 @@ class Run:
 
     def filter(self, cuts: CutSet, split: str, labeled: bool) -> CutSet:
         d = self.cfg.data
+        # CTC needs an encoder frame per unit (and per repeat); a transducer emits any number of units per
+        # frame, so its loss is finite for every transcript (a greedy pseudo-label can have more units than frames).
         kept, report = filter_cuts(cuts, split, min_seconds=d.min_utterance_seconds,
                                    max_seconds=min(d.max_utterance_seconds, d.max_duration),
                                    tokenizer=self.tokenizer if labeled else None,
-                                   output_frames=self.model.output_frames, skipped=self.skipped)
+                                   output_frames=self.model.output_frames if self.model.transducer is None else None,
+                                   skipped=self.skipped)
         for _, reason in report.dropped:
             key = reason.split(":")[0]
             self.dropped[key] = self.dropped.get(key, 0) + 1
@@ -345,7 +349,7 @@ class Run:
         return make_features(self.model, batch, self.device, train=augment, cfg=self.cfg, generator=gen)
 
     def ctc_loss(self, batch: dict) -> torch.Tensor:
-        """f on a labeled batch."""
+        """f on a labeled batch: CTC or RNN-T (``model.loss``), whichever the model's head is."""
         feats, lens = self.features(batch, stream=0)
         targets = [self.tokenizer.encode(t) for t in batch["texts"]]
         return ctc_objective(self.model, feats, lens, targets, self.dist, self.device, self.cfg.train.amp)
