@@ -417,3 +417,12 @@ def test_claims_not_measured(tmp_path, monkeypatch, report):
     assert claims[("1", "test CER")][1] == "not measured (needs test CER of two or more seeds of supervised)"
     assert claims[("3", "g_heldout, unlabeled batches")] == (
         "–", "not measured (needs g_heldout from PT+FT and every BL-JUST run: data.heldout_unlabeled_fraction > 0)")
+
+
+def test_learning_curves_name_the_supervised_loss_the_runs_trained(tmp_path):
+    out = _out_dir(tmp_path)
+    assert "f: CTC loss per token" in _section(write_report(out)["markdown"].read_text(), "Learning curves")
+    results = json.loads((out / "results.json").read_text())
+    results["decoding"] = "greedy transducer (at most 3 units per frame)"
+    section = _section(write_report(out, results)["markdown"].read_text(), "Learning curves")
+    assert "f: RNN-T loss per token" in section and "CTC" not in section

@@ -561,15 +561,16 @@ def _curves_figure(inp: Inputs, key: str, kind: str, ylabel: str, path: Path, sc
 
 def _curves(inp: Inputs) -> list[tuple]:
     seeds = ", ".join(f"{_label(m)} seed {inp.curve_runs[m].get('seed', '?')}" for m in inp.methods)
+    f_loss = "RNN-T" if "transducer" in str(inp.results.get("decoding", "")) else "CTC"  # model.loss
     blocks = [("h", 2, "Learning curves"),
-              ("p", (f"One run per method ({seeds}). f: CTC loss per token on the labeled batch of the "
+              ("p", (f"One run per method ({seeds}). f: {f_loss} loss per token on the labeled batch of the "
                      "logged step; g: self-supervised loss on the unlabeled batch; wall-clock counts from "
                      "the run's first logged row."))]
     missing = [_label(m) for m in inp.methods if not inp.curves(m)]
     if missing:
         blocks.append(("p", "No readable metrics.jsonl for: " + ", ".join(missing) + "."))
     for key, kind, ylabel, name, caption, scale in (
-            ("f", "train", "f (CTC loss per token)", "curves_f", "Supervised loss f", 1.0),
+            ("f", "train", f"f ({f_loss} loss per token)", "curves_f", "Supervised loss f", 1.0),
             ("g", "train", "g (SSL loss)", "curves_g", "Self-supervised loss g", 1.0),
             ("cer", "dev", "dev CER %", "dev_cer", "Dev CER at the validation points", 100.0)):
         path = _curves_figure(inp, key, kind, ylabel, inp.plots / f"{name}.png", scale)
