@@ -68,9 +68,9 @@ def test_label_errors_score_pseudo_labels_against_the_unlabeled_transcripts(tiny
     right = {c.id: truth[c.recording_id] for c in cuts}
     wrong = {**right, cuts[0].id: "X" * len(truth[cuts[0].recording_id])}  # one label all wrong, same length
     kept = CutSet.from_cuts(cuts[1:])
-    assert pl.label_errors(tiny_corpus, right, kept) == {"label_wer_all": 0.0, "label_cer_all": 0.0,
+    assert pl.label_errors(tiny_corpus, unlabeled, right, kept) == {"label_wer_all": 0.0, "label_cer_all": 0.0,
                                                          "label_wer_kept": 0.0, "label_cer_kept": 0.0}
-    errors = pl.label_errors(tiny_corpus, wrong, kept)
+    errors = pl.label_errors(tiny_corpus, unlabeled, wrong, kept)
     n_chars = sum(len(t) for t in right.values())
     assert errors["label_cer_all"] == pytest.approx(len(truth[cuts[0].recording_id]) / n_chars, rel=0.05)
     assert errors["label_cer_kept"] == 0.0  # the wrong label was not kept
@@ -80,4 +80,4 @@ def test_label_errors_score_pseudo_labels_against_the_unlabeled_transcripts(tiny
     for f in tiny_corpus.glob("unlabeled_*.jsonl.gz"):
         if not f.name.startswith("unlabeled_text"):
             (bare / f.name).symlink_to(f)
-    assert pl.label_errors(bare, right, kept) == {}
+    assert pl.label_errors(bare, unlabeled, right, kept) == {}

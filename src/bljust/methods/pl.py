@@ -101,7 +101,7 @@ def pseudo_label(run: Run, unlabeled: CutSet, stage: int) -> CutSet:
     if run.dist.is_main:
         decoded = transcribe_unlabeled(run, unlabeled)
         cuts, stats = select_pseudo_labels(unlabeled, decoded, run.cfg.pl)
-        stats.update(label_errors(run.data_dir, decoded["hyps"], cuts))
+        stats.update(label_errors(run.data_dir, unlabeled, decoded["hyps"], cuts))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.jsonl.gz")
         cuts.to_file(tmp)
@@ -114,14 +114,14 @@ def pseudo_label(run: Run, unlabeled: CutSet, stage: int) -> CutSet:
     return _round_cuts(run, stage)
 
 
-def label_errors(data_dir: Path, hyps: dict[str, str], kept: CutSet) -> dict:
-    """The pseudo-labels' WER and CER, of all decoded utterances and of those kept, when the data directory
-    also holds the unlabeled audio's transcripts (the ``unlabeled_text`` split the topline trains on); a
-    diagnostic only: training never reads them."""
+def label_errors(data_dir: Path, unlabeled: CutSet, hyps: dict[str, str], kept: CutSet) -> dict:
+    """The pseudo-labels' WER and CER (``hyps``: of ``unlabeled``'s cuts), of all decoded utterances and of
+    those kept, when the data directory also holds the unlabeled audio's transcripts (the ``unlabeled_text``
+    split the topline trains on); a diagnostic only: training never reads them."""
     if not has_split(data_dir, "unlabeled_text"):
         return {}
     truth = {c.recording_id: cut_text(c) for c in load_split(data_dir, "unlabeled_text")}
-    by_recording = {c.id: c.recording_id for c in load_split(data_dir, "unlabeled")}
+    by_recording = {c.id: c.recording_id for c in unlabeled}
 
     def rates(ids) -> dict:
         pairs = [(truth.get(by_recording.get(cid)), hyps[cid]) for cid in ids]
