@@ -142,7 +142,7 @@ def test_a_kill_inside_a_write_keeps_the_old_checkpoint_and_its_leftover_is_remo
 
 
 def test_resume_drops_a_truncated_metrics_line(tmp_path, caplog):
-    from bljust.training import MetricsLogger
+    from bljust.engine.run import MetricsLogger
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "kind": "train", "f": 3.0}\n{"step": 2, "kind": "train", "f": 2.5}\n'

@@ -342,7 +342,7 @@ def test_ablations_run_only_when_named_under_their_own_keys(tiny_corpus, tmp_pat
 
 def test_stream_batches_counts_what_the_training_run_batches(tiny_corpus, tmp_path):
     """With speed perturbation, the held-out unlabeled utterances and the job's seed, as ``Run`` does."""
-    from bljust.methods.common import Run
+    from bljust.engine.run import Run
 
     cfg = load_config(TINY, ["data.speed_perturb=[0.9,1.1]", "data.heldout_unlabeled_fraction=0.3"])
     plain = stream_batches(load_config(TINY, ["data.heldout_unlabeled_fraction=0"]), tiny_corpus)
@@ -596,7 +596,7 @@ def test_probe_jobs_follow_their_runs_keys(tiny_corpus, tmp_path):
 def test_labeled_splits_are_a_union_of_distinct_utterances(tiny_corpus, tmp_path):
     from bljust.config import ConfigError
     from bljust.data.manifests import load_split, write_split
-    from bljust.methods.common import load_labeled
+    from bljust.engine.run import load_labeled
 
     data = _corpus(tiny_corpus, tmp_path / "data", optional=True)
     labeled, extra = load_split(data, "labeled"), load_split(data, "unlabeled_text")

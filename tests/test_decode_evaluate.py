@@ -62,3 +62,33 @@ def test_a_file_that_is_not_a_model_is_refused_with_the_reason(tmp_path):
     atomic_save({"weights": torch.zeros(3)}, tmp_path / "weights.pt")
     with pytest.raises(ValueError, match=r"weights\.pt is not a bljust model file \(it has no model, config, tok"):
         load_trained(tmp_path / "weights.pt")
+
+
+def test_decoding_in_shards_and_merging_equals_decoding_the_whole_split(tiny_corpus):
+    """What sharded validation and pseudo-labeling gather: disjoint shards' results, merged, are the
+    whole split's (the loss re-normalised by the summed token count, not averaged per shard)."""
+    from bljust.config import load_config
+    from bljust.data.manifests import cut_text, load_split
+    from bljust.data.tokenizer import train_tokenizer
+    from bljust.engine.dist import Dist, shard
+    from bljust.evaluate import decode_cuts, merge_decoded
+    from bljust.models.asr import ASRModel
+    from lhotse import CutSet
+    from tests.conftest import TINY
+
+    cfg = load_config(TINY)
+    tokenizer = train_tokenizer(cfg.tokenizer, [cut_text(c) for c in load_split(tiny_corpus, "labeled")])
+    torch.manual_seed(0)
+    model = ASRModel(cfg, tokenizer.vocab_size)
+    dev = list(load_split(tiny_corpus, "dev"))
+    cpu = torch.device("cpu")
+    whole = decode_cuts(model, tokenizer, CutSet.from_cuts(dev), cpu, amp=False, keep_emissions=True)
+    parts = [decode_cuts(model, tokenizer, CutSet.from_cuts(shard(dev, Dist(r, 3, r))), cpu, amp=False,
+                         keep_emissions=True) for r in range(3)]
+    assert sorted(len(p["hyps"]) for p in parts) != [0, 0, len(dev)]  # every shard decodes some of the split
+    merged = merge_decoded(parts)
+    assert merged["hyps"] == whole["hyps"] and merged["refs"] == whole["refs"]
+    assert merged["emissions"].keys() == whole["emissions"].keys()
+    assert merged["loss_tokens"] == whole["loss_tokens"] > 0
+    assert merged["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert merged["loss"] != pytest.approx(sum(p["loss"] for p in parts) / 3, rel=1e-6)  # not a mean of means

@@ -7,7 +7,7 @@ ratio that matters for BL-JUST's compute: joint step / (supervised step + SSL st
 Each step is a whole training step as the methods take it: the loss(es), their backward passes,
 per-group clipping of the groups that step (as ``Run.step``) and the optimiser step. A joint step
 follows BL-JUST's flow: ``f.backward()`` frees f's graph before g's is built, then
-``add_penalty_gradient`` (with the health metrics, as on a logging step). So its peak memory
+``penalised_backward`` (with the health metrics, as on a logging step). So its peak memory
 should be that of the larger of a supervised and an SSL step, not their sum; the report gives
 that ratio too.
 
@@ -37,10 +37,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bljust.config import Config, load_config
-from bljust.methods.common import add_penalty_gradient, ctc_objective, ssl_objective
+from bljust.engine.dist import Dist, pick_device
+from bljust.engine.objectives import Objectives, f_objective, g_objective, penalised_backward
+from bljust.engine.optim import build_optimizer, clip_groups
 from bljust.models import count_parameters
 from bljust.models.asr import ASRModel
-from bljust.training import Dist, build_optimizer, clip_groups, pick_device
 
 KINDS = ("supervised", "ssl", "joint")
 JOINT_GAMMA = 0.5
@@ -75,12 +76,12 @@ class Bench:
         return len(self.labeled[0]) * self.utt_seconds
 
     def f(self) -> torch.Tensor:
-        return ctc_objective(self.model, *self.labeled, self.targets, Dist(), self.device, amp=False)
+        return f_objective(Objectives(self.model), *self.labeled, self.targets, Dist(), self.device, amp=False)
 
     def g(self) -> torch.Tensor:
         # The same masks every step (a fresh generator), so every repeat does the same work.
-        g, _ = ssl_objective(self.model, *self.unlabeled, torch.Generator().manual_seed(1), Dist(), self.device,
-                             amp=False, ids=[f"bench-{i}" for i in range(len(self.unlabeled[0]))])
+        g, _ = g_objective(Objectives(self.model), *self.unlabeled, torch.Generator().manual_seed(1), Dist(),
+                           self.device, amp=False, ids=[f"bench-{i}" for i in range(len(self.unlabeled[0]))])
         return g
 
     def update(self, names: tuple[str, ...]) -> None:
@@ -108,8 +109,8 @@ class Bench:
     def joint(self) -> None:
         groups = self.groups
         self.f().backward()  # ∇f into θ and φ; f's graph is freed before g's is built
-        add_penalty_gradient(self.g(), groups["theta"], groups["phi"], groups["eta"], weight=JOINT_GAMMA,
-                             eta_weight=1.0, health=True)
+        penalised_backward(self.g(), groups["theta"], groups["eta"], theta_weight=JOINT_GAMMA, eta_weight=1.0,
+                           health=True)
         self.update(("theta", "phi", "eta"))
 
     @property

@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     from bljust.checkpoint import UnsafeFileError
     from bljust.config import ConfigError
-    from bljust.training import TrainingFailed
+    from bljust.engine import TrainingFailed
 
     try:
         return args.func(args)

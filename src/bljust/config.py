@@ -441,15 +441,21 @@ class TrainConfig:
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
     amp: bool = True
-    """bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX); float32 elsewhere or when off."""
+    """Mixed precision (see ``amp_dtype``); float32 when off."""
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
+    """'auto': bf16 on CUDA devices with bf16 and on CPUs with native bf16 (AVX512-BF16 or AMX), fp16 with a
+    gradient scaler on CUDA devices without bf16 (pre-Ampere), float32 elsewhere; 'bf16' / 'fp16' force one."""
     max_bad_step_fraction: float = 0.02
     """Stop the run (non-zero exit) once more than this share of its steps were skipped for a non-finite
     loss or gradient; each skipped step is logged with its batch's cut ids."""
     num_threads: int = 0
     """torch intra-op threads per process (0: leave torch's default)."""
+    dist_timeout: float = 1800.0
+    """Seconds a collective waits for the other processes (torchrun) before the run fails instead of hanging."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps must be >= 1")
+        _check(self.dist_timeout > 0, "train.dist_timeout must be > 0")
         _check(self.valid_every >= 1 and self.checkpoint_every >= 1 and self.log_every >= 1,
                "train.valid_every, train.checkpoint_every and train.log_every must be >= 1")
         _check(self.keep_last >= 1, "train.keep_last must be >= 1")

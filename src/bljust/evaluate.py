@@ -17,7 +17,7 @@ from bljust.data.audio import SkippedAudio
 from bljust.data.loader import eval_batches
 from bljust.data.text import normalize_transcript
 from bljust.decode import MAX_SYMBOLS_PER_FRAME
-from bljust.training import autocast
+from bljust.engine.precision import autocast
 
 NORMALIZATION = "upper case; letters A-Z, apostrophes and single spaces kept, everything else removed"
 
@@ -81,9 +81,26 @@ def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: floa
             loss_tokens += sum(len(t) for t in targets)
     model.train(was_training)
     out = {"hyps": hyps, "refs": refs, "confidence": confidence,
-           "loss": loss_sum / max(loss_tokens, 1) if loss_tokens else float("nan"), "skipped_audio": skipped.counts()}
+           "loss": loss_sum / max(loss_tokens, 1) if loss_tokens else float("nan"), "loss_sum": loss_sum,
+           "loss_tokens": loss_tokens, "skipped_audio": skipped.counts()}
     if keep_emissions:
         out["emissions"] = emissions
+    return out
+
+
+def merge_decoded(parts: list[dict]) -> dict:
+    """One ``decode_cuts`` result from the results of disjoint shards of a split (decoding sharded over
+    processes): utterances united, the loss re-normalised by the summed token count, skips summed."""
+    out: dict = {"hyps": {}, "refs": {}, "confidence": {}, "skipped_audio": {}}
+    loss_sum, loss_tokens = 0.0, 0
+    for part in parts:
+        for key in ("hyps", "refs", "confidence", "emissions"):
+            if key in part:
+                out.setdefault(key, {}).update(part[key])
+        loss_sum, loss_tokens = loss_sum + part["loss_sum"], loss_tokens + part["loss_tokens"]
+        for reason, n in part["skipped_audio"].items():
+            out["skipped_audio"][reason] = out["skipped_audio"].get(reason, 0) + n
+    out.update(loss=loss_sum / loss_tokens if loss_tokens else float("nan"), loss_sum=loss_sum, loss_tokens=loss_tokens)
     return out
 
 

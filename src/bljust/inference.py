@@ -15,7 +15,7 @@ from bljust.data.audio import non_finite_detail
 from bljust.data.manifests import SAMPLE_RATE
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state
 from bljust.models.asr import ASRModel
-from bljust.training import autocast
+from bljust.engine.precision import autocast
 
 log = logging.getLogger("bljust.inference")
 

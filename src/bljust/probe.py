@@ -34,7 +34,7 @@ from bljust.decode import greedy_ctc
 from bljust.evaluate import error_rates
 from bljust.inference import model_path
 from bljust.models.asr import ASRModel, ctc_loss_sum
-from bljust.training import autocast
+from bljust.engine.precision import autocast
 
 PROBE_SPLIT = "labeled"
 """The split every probe head trains on, whatever the run trained on (the topline's extra transcripts

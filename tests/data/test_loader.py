@@ -168,7 +168,7 @@ def test_ctc_needs_a_frame_between_repeated_units():
 
 
 def test_a_stream_whose_audio_all_fails_stops_with_the_reasons(tmp_path, broken):
-    from bljust.training import TrainingFailed
+    from bljust.engine import TrainingFailed
 
     data, _ = broken
     cuts = load_split(data, "dev")

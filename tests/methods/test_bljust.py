@@ -11,11 +11,12 @@ from lhotse import CutSet
 
 from bljust.checkpoint import load
 from bljust.config import BLJustConfig, OptimConfig, load_config
+from bljust.engine.dist import Dist
+from bljust.engine.objectives import Objectives, f_objective, penalised_backward
+from bljust.engine.optim import build_optimizer, clip_groups, lr_factor
 from bljust.methods import bljust
 from bljust.methods.bljust import UNITS, Plan, gamma_at, learning_rate, make_plan, penalty_weights, plan_cost
-from bljust.methods.common import add_penalty_gradient, ctc_objective
 from bljust.models.asr import ASRModel
-from bljust.training import Dist, build_optimizer, clip_groups, lr_factor
 from tests.conftest import TINY
 
 CPU = torch.device("cpu")
@@ -33,7 +34,7 @@ def _setup(loss: str = "bestrq"):
 
 
 def _f(model, data):
-    return ctc_objective(model, *data["l"], data["targets"], Dist(), CPU, amp=False)
+    return f_objective(Objectives(model), *data["l"], data["targets"], Dist(), CPU, amp=False)
 
 
 def _g(model, data):
@@ -48,9 +49,9 @@ def _groups(model):
 def _joint(model, data, gamma, eta_weight=1.0, scale=1.0, g_factor=1.0):
     """A joint step's gradients as the methods set them: f's backward first, then g's graph."""
     theta, phi, eta = _groups(model)
-    _f(model, data).backward()
-    return add_penalty_gradient(g_factor * _g(model, data), theta, phi, eta, weight=gamma, eta_weight=eta_weight,
-                                scale=scale)
+    (scale * _f(model, data)).backward()
+    return penalised_backward(g_factor * _g(model, data), theta, eta, theta_weight=scale * gamma,
+                              eta_weight=eta_weight, f_scale=scale)
 
 
 @pytest.mark.parametrize("loss", ["bestrq", "cpc", "wav2vec2"])

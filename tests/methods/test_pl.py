@@ -10,7 +10,7 @@ from lhotse import CutSet
 from bljust.config import load_config
 from bljust.lm import arpa_words, read_text, write_arpa
 from bljust.methods import pl
-from bljust.training import lr_factor
+from bljust.engine.optim import lr_factor
 from tests.conftest import TINY
 
 

@@ -11,14 +11,16 @@ import torch
 
 from bljust.checkpoint import load
 from bljust.config import load_config
+from bljust.engine.run import FAULT_ENV
 from bljust.methods import METHODS
-from bljust.methods.common import FAULT_ENV
 from tests.conftest import REPO, TINY
 
 COMMON = ["train.checkpoint_every=2", "train.valid_every=4", "model.dropout=0.1", "data.max_duration=10"]
 CASES = {
     # method, extra settings, step after which the process dies (the last checkpoint is the even step before)
     "supervised": (["train.max_steps=6"], 5),
+    # fp16 under a gradient scaler (CPU autocast has fp16 too): the scaler's factor is checkpointed
+    "supervised-fp16": (["train.max_steps=6", "train.amp_dtype=fp16"], 5),
     "bljust": (["train.max_steps=12", "bljust.outer_epochs=2", "bljust.explore_steps=2", "bljust.joint_steps=3",
                 "bljust.finetune_steps=2"], 9),           # dies in epoch 2's joint phase
     "ptft-pretrain": (["train.max_steps=8"], 3),          # dies while pre-training
@@ -64,7 +66,8 @@ def test_killed_run_resumes_exactly(case, tiny_corpus, tmp_path):
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert a["streams"] == b["streams"] and a["phase_state"] == b["phase_state"]
+    assert a["streams"] == b["streams"] and a["method_state"] == b["method_state"]
+    assert a["grad_scaler"] == b["grad_scaler"] and (a["grad_scaler"] is not None) == case.endswith("fp16")
     ca, cb = dict(a["counters"]), dict(b["counters"])
     for c in (ca, cb):
         c.pop("train_seconds")

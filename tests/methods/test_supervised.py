@@ -89,7 +89,7 @@ def test_non_finite_loss_skips_the_step_and_names_its_batch(tiny_corpus, tmp_pat
 def test_a_run_that_cannot_train_stops_and_names_the_batches(tiny_corpus, tmp_path, monkeypatch):
     """More than max_bad_step_fraction of the steps skipped: a non-zero exit naming the cut ids, not a quiet 'done'."""
     import bljust.models.asr as asr
-    from bljust.training import TrainingFailed
+    from bljust.engine import TrainingFailed
 
     monkeypatch.setattr(asr, "ctc_loss_sum", lambda *a: torch.tensor(float("nan"), requires_grad=True))
     cfg = load_config(TINY, ["train.max_steps=40", "train.max_bad_step_fraction=0.05"])

@@ -83,7 +83,7 @@ def stream_batches(cfg: Config, data: Path, seed: int | None = None) -> tuple[in
     """
     from bljust.data.loader import BatchStream, hold_out, speed_perturbed
     from bljust.data.manifests import load_split
-    from bljust.methods.common import load_labeled
+    from bljust.engine.run import load_labeled
 
     d = cfg.data
     seed = cfg.train.seed if seed is None else seed

@@ -266,7 +266,7 @@ def _supervision_problem(sup: SupervisionSegment, rec: Recording | None) -> tupl
 
 
 def _training_rules(cfg: Config, labeled_texts: list[str], notes: list[str]) -> dict[str, dict]:
-    """Per split, the ``training_reason`` settings a run (``methods.common.Run``) applies, with the tokenizer
+    """Per split, the ``training_reason`` settings a run (``engine.run.Run``) applies, with the tokenizer
     and model it would build from the labeled transcripts."""
     from bljust.data.tokenizer import train_tokenizer
     from bljust.models.asr import ASRModel

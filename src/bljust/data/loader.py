@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from bljust.data.audio import BadAudio, SkippedAudio, file_problem, load_checked
 from bljust.data.features import num_frames
 from bljust.data.manifests import SAMPLE_RATE, cut_text
-from bljust.training import TrainingFailed
+from bljust.engine import TrainingFailed
 
 log = logging.getLogger("bljust.data")
 
@@ -302,9 +302,13 @@ def _worker_context():
 
 def eval_batches(cuts: CutSet, max_duration: float, num_workers: int = 0,
                  skipped: SkippedAudio | None = None) -> Iterator[dict]:
-    """One ordered pass over ``cuts`` for evaluation and decoding; bad audio goes to ``skipped``."""
+    """One ordered pass over all of ``cuts`` for evaluation and decoding; bad audio goes to ``skipped``.
+
+    The sampler is told it is alone: lhotse's samplers otherwise read the process group and keep a
+    1/world_size share, so under torchrun a pass would silently skip the other ranks' shares (callers that
+    decode sharded, as ``Run.decode``, pick their share themselves)."""
     skipped = skipped if skipped is not None else SkippedAudio()
-    sampler = DynamicCutSampler(cuts, max_duration=max_duration, shuffle=False)
+    sampler = DynamicCutSampler(cuts, max_duration=max_duration, shuffle=False, world_size=1, rank=0)
     loader = DataLoader(AudioDataset(), sampler=sampler, batch_size=None, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))
     for batch in loader:

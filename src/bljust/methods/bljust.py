@@ -18,14 +18,23 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bljust.config import BLJustConfig, Config, OptimConfig
-from bljust.methods.common import Run, add_penalty_gradient, track_penalty_gap
-from bljust.training import lr_factor
+from bljust.engine.objectives import PenaltyGap, penalised_backward
+from bljust.engine.optim import lr_factor
+from bljust.engine.run import Run
+
+
+@dataclass
+class BLJustState:
+    finetune_started: bool = False
+    """Whether phase (c) began (its optimiser reset and stream closing happen once, not again on resume)."""
+    gap: PenaltyGap = field(default_factory=PenaltyGap)
+    """The smoothed g and its running minimum (the logged penalty gap)."""
 
 
 @dataclass(frozen=True)
@@ -194,14 +203,14 @@ def learning_rate(b: BLJustConfig, o: OptimConfig, plan: Plan, step: int) -> flo
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
-    run = Run(cfg, data_dir, run_dir, method="bljust", resume=resume, ssl=True)
+    run = Run(cfg, data_dir, run_dir, method="bljust", resume=resume, ssl=True, state=BLJustState)
     try:
         b, o = cfg.bljust, cfg.optim
         labeled = run.add_stream("labeled", run.labeled)
         unlabeled = run.add_stream("unlabeled", run.load_unlabeled(), seed_offset=1)
         plan = make_plan(b, cfg.train.max_steps, labeled.batches_per_epoch(), unlabeled.batches_per_epoch())
         pbgd = b.pbgd_scaling if b.pbgd_scaling is not None else o.name == "sgd"
-        theta, phi, eta = run.group_params("theta", "phi", "eta")
+        theta, eta = run.group_params("theta", "eta")
         first = "" if plan.first_explore is None else f" (first epoch: N1={plan.explore_0})"
         last = "" if plan.last_joint is None else f" (last epoch: N2={plan.joint_last})"
         run.log_plan(f"K={plan.outer_epochs} outer epochs × (N1={plan.explore} exploration + N2={plan.joint} joint "
@@ -222,8 +231,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                 bu = run.next_batch("unlabeled")
                 if bu is None:
                     continue
-                g, stats = run.ssl_loss(bu)
-                g.backward()
+                g, stats = run.g_loss(bu)
+                run.backward(g)
                 lr = learning_rate(b, o, plan, run.counters.step)
                 _, norms = run.step(bool(torch.isfinite(g)), {"theta": lr, "eta": lr})
                 values = {"g": run.value(g), "lr": lr, **norms, **{f"ssl_{n}": v for n, v in stats.items()}}
@@ -233,12 +242,13 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                 if bl is None or bu is None:
                     continue
                 gamma = gamma_at(b, plan.joint_index(k, i), plan.joint_total)
-                f = run.ctc_loss(bl)
-                f.backward()  # ∇f into θ and φ, and f's graph freed before g's is built
-                g, stats = run.ssl_loss(bu)
                 scale, eta_weight = penalty_weights(gamma, pbgd)
-                health = add_penalty_gradient(g, theta, phi, eta, weight=gamma, eta_weight=eta_weight, scale=scale,
-                                              health=run.logging)
+                with run.no_sync():  # ∇f stays on this process until g's backward sums ∇f + γ∇g over processes
+                    f = run.f_loss(bl)
+                    run.backward(scale * f)  # ∇f into θ and φ, and f's graph freed before g's is built
+                g, stats = run.g_loss(bu)
+                health = penalised_backward(g, theta, eta, theta_weight=scale * gamma, eta_weight=eta_weight,
+                                            f_scale=scale, health=run.logging, scaler=run.scaler)
                 lr = learning_rate(b, o, plan, run.counters.step)
                 _, norms = run.step(bool(torch.isfinite(f)) and bool(torch.isfinite(g)),
                                     {"theta": lr, "phi": lr, "eta": lr})
@@ -246,22 +256,22 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                           **{f"ssl_{n}": v for n, v in stats.items()}}
 
             else:  # (c) (θ, φ) -= τ ∇f
-                if not run.phase_state.get("finetune_started"):
+                if not run.method_state.finetune_started:
                     if b.reset_optimizer_at_finetune:
                         run.optimizer.state.clear()  # fine-tune from fresh moments, as PT+FT does
                     run.close_streams("labeled")
-                    run.phase_state["finetune_started"] = True
+                    run.method_state.finetune_started = True
                 bl = run.next_batch("labeled")
                 if bl is None:
                     continue
-                f = run.ctc_loss(bl)
-                f.backward()
+                f = run.f_loss(bl)
+                run.backward(f)
                 lr = learning_rate(b, o, plan, run.counters.step)
                 _, norms = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
                 values = {"f": run.value(f), "lr": lr, **norms}
 
             if "g" in values:
-                values["penalty_gap"] = track_penalty_gap(run.phase_state, values["g"])
+                values["penalty_gap"] = run.method_state.gap.update(values["g"])
             values["outer_epoch"] = k
             run.after_step(values, phase=phase, started=started)
 

@@ -7,22 +7,30 @@ It is BL-JUST's joint step with a constant weight and η's gradient scaled by λ
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bljust.config import Config
-from bljust.methods.common import Run, add_penalty_gradient, track_penalty_gap
-from bljust.training import lr_factor
+from bljust.engine.objectives import PenaltyGap, penalised_backward
+from bljust.engine.optim import lr_factor
+from bljust.engine.run import Run
+
+
+@dataclass
+class JUSTState:
+    gap: PenaltyGap = field(default_factory=PenaltyGap)
+    """The smoothed g and its running minimum (the logged penalty gap)."""
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
-    run = Run(cfg, data_dir, run_dir, method="just", resume=resume, ssl=True)
+    run = Run(cfg, data_dir, run_dir, method="just", resume=resume, ssl=True, state=JUSTState)
     try:
         lam, total, o = cfg.just.lam, cfg.train.max_steps, cfg.optim
         labeled = run.add_stream("labeled", run.labeled)
         unlabeled = run.add_stream("unlabeled", run.load_unlabeled(), seed_offset=1)
-        theta, phi, eta = run.group_params("theta", "phi", "eta")
+        theta, eta = run.group_params("theta", "eta")
         run.log_plan(f"{total} joint steps on f + {lam}·g, each on 1 labeled and 1 unlabeled batch (ratio 1:1 in "
                      f"batches); labeled pass = {labeled.batches_per_epoch()} batches, unlabeled pass = "
                      f"{unlabeled.batches_per_epoch()} batches")
@@ -33,15 +41,17 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             bl, bu = run.next_batch("labeled"), run.next_batch("unlabeled")
             if bl is None or bu is None:
                 continue
-            f = run.ctc_loss(bl)
-            f.backward()  # f's graph is freed before g's is built
-            g, stats = run.ssl_loss(bu)
-            health = add_penalty_gradient(g, theta, phi, eta, weight=lam, eta_weight=lam, health=run.logging)
+            with run.no_sync():  # ∇f stays on this process; g's backward sums ∇f + λ∇g over processes
+                f = run.f_loss(bl)
+                run.backward(f)  # f's graph is freed before g's is built
+            g, stats = run.g_loss(bu)
+            health = penalised_backward(g, theta, eta, theta_weight=lam, eta_weight=lam, health=run.logging,
+                                        scaler=run.scaler)
             lr = o.lr * lr_factor(run.counters.step, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
             _, norms = run.step(bool(torch.isfinite(f)) and bool(torch.isfinite(g)), {"theta": lr, "phi": lr, "eta": lr})
             g_value = run.value(g)
             run.after_step({"f": run.value(f), "g": g_value, "lambda": lam, "lr": lr, **norms,
-                            "penalty_gap": track_penalty_gap(run.phase_state, g_value), **health,
+                            "penalty_gap": run.method_state.gap.update(g_value), **health,
                             **{f"ssl_{n}": v for n, v in stats.items()}}, phase="joint", started=started)
         return run.finish({"lambda": lam})
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,12 +18,19 @@ from lhotse.utils import fastcopy
 
 from bljust.config import Config, PLConfig
 from bljust.data.manifests import cut_text, has_split, load_split
-from bljust.evaluate import decode_cuts, error_rates, lm_decode, tune_lm
+from bljust.engine.dist import barrier, broadcast, gather
+from bljust.engine.optim import lr_factor
+from bljust.engine.run import Run
+from bljust.evaluate import error_rates, lm_decode, tune_lm
 from bljust.lm import WordDecoder
-from bljust.methods.common import Run
-from bljust.training import barrier, lr_factor
 
 log = logging.getLogger("bljust.train")
+
+
+@dataclass
+class PLState:
+    pseudo_labels: dict = field(default_factory=dict)
+    """Each round's pseudo-label statistics (kept, hours, label error rates), by round name."""
 
 
 def select_pseudo_labels(cuts: CutSet, decoded: dict, cfg: PLConfig) -> tuple[CutSet, dict]:
@@ -45,7 +53,7 @@ def select_pseudo_labels(cuts: CutSet, decoded: dict, cfg: PLConfig) -> tuple[Cu
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
-    run = Run(cfg, data_dir, run_dir, method="pl", resume=resume)
+    run = Run(cfg, data_dir, run_dir, method="pl", resume=resume, state=PLState)
     try:
         p, o, total = cfg.pl, cfg.optim, cfg.train.max_steps
         seed_steps = round(p.seed_fraction * total)
@@ -58,7 +66,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             raise FileNotFoundError(f"pl.decode=lm needs decode.lm to name an ARPA file (bljust lm); got "
                                     f"{cfg.decode.lm!r}")
         for r in range(1, p.rounds + 1):  # streams of rounds already under way (resume)
-            if f"round{r}" in (run.state or {}).get("streams", {}):
+            if f"round{r}" in (run.ckpt or {}).get("streams", {}):
                 run.add_stream(f"round{r}", run.labeled + _round_cuts(run, r), seed_offset=r)
         run.log_plan(f"seed model {seed_steps} steps on labeled data, then {p.rounds} round(s) of {per_round} steps "
                      f"on labeled + pseudo-labeled data (keep top {p.keep_fraction:.0%} by confidence; "
@@ -78,8 +86,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             batch = run.next_batch(name)
             if batch is None:
                 continue
-            f = run.ctc_loss(batch)
-            f.backward()
+            f = run.f_loss(batch)
+            run.backward(f)
             if p.lr_schedule == "global":
                 lr = o.lr * lr_factor(step, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
             else:
@@ -90,16 +98,17 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             run.after_step({"f": run.value(f), "lr": lr, **norms, "round": stage},
                            phase="seed" if stage == 0 else f"round{stage}", started=started)
         return run.finish({"rounds": p.rounds, "seed_steps": seed_steps, "round_steps": per_round,
-                           "pseudo_labels": run.phase_state.get("pseudo_labels", {})})
+                           "pseudo_labels": run.method_state.pseudo_labels})
     finally:
         run.close()
 
 
 def pseudo_label(run: Run, unlabeled: CutSet, stage: int) -> CutSet:
-    """Decode the unlabeled split with the current model (rank 0), filter, and save the manifest."""
+    """Decode the unlabeled split with the current model (sharded over the processes), filter and save the
+    manifest (rank 0)."""
     path = run.run_dir / "pseudo" / f"round{stage}_cuts.jsonl.gz"
+    decoded = transcribe_unlabeled(run, unlabeled)
     if run.dist.is_main:
-        decoded = transcribe_unlabeled(run, unlabeled)
         cuts, stats = select_pseudo_labels(unlabeled, decoded, run.cfg.pl)
         stats.update(label_errors(run.data_dir, unlabeled, decoded["hyps"], cuts))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +116,7 @@ def pseudo_label(run: Run, unlabeled: CutSet, stage: int) -> CutSet:
         cuts.to_file(tmp)
         tmp.replace(path)
         stats.update({k: decoded[k] for k in ("lm_weight", "word_score") if k in decoded})
-        run.phase_state.setdefault("pseudo_labels", {})[f"round{stage}"] = stats
+        run.method_state.pseudo_labels[f"round{stage}"] = stats
         run.metrics.log(run.counters.step, "pseudo_labels", {"round": stage, **stats})
         log.info("round %d pseudo-labels: %s", stage, stats)
     barrier(run.dist)
@@ -135,24 +144,30 @@ def label_errors(data_dir: Path, unlabeled: CutSet, hyps: dict[str, str], kept: 
 
 
 def transcribe_unlabeled(run: Run, unlabeled: CutSet, chunk: int = 500) -> dict:
-    """Hypotheses and acoustic confidences for the unlabeled split: greedy, or (``pl.decode: lm``) the
-    LM beam search with its weight and word score chosen on dev for the current model."""
-    cfg, device = run.cfg, run.device
+    """Hypotheses and acoustic confidences for the unlabeled split, decoded sharded over the processes and
+    gathered on every rank: greedy, or (``pl.decode: lm``) the LM beam search with its weight and word score
+    chosen on dev for the current model (by rank 0, from every rank's dev emissions)."""
+    cfg = run.cfg
 
-    def decode(cuts, emissions: bool) -> dict:
-        return decode_cuts(run.model, run.tokenizer, cuts, device, max_duration=cfg.data.max_duration * 2,
-                           with_loss=False, keep_emissions=emissions, amp=cfg.train.amp, skipped=run.skipped)
+    def decode(cuts, emissions: bool, local: bool = False) -> dict:
+        return run.decode(cuts, local=local, with_loss=False, keep_emissions=emissions)
 
     if cfg.pl.decode == "greedy":
         return decode(unlabeled, False)
     decoder = WordDecoder(run.tokenizer, cfg.decode.lm, beam_size=cfg.decode.beam_size)
-    tuned = tune_lm(decoder, decode(run.dev, True), cfg.decode.lm_weights, cfg.decode.word_scores)
-    out = {"hyps": {}, "confidence": {}, "lm_weight": tuned["lm_weight"], "word_score": tuned["word_score"]}
+    dev = decode(run.dev, True)
+    tuned = broadcast(tune_lm(decoder, dev, cfg.decode.lm_weights, cfg.decode.word_scores)
+                      if run.dist.is_main else None, run.dist)
+    hyps, confidence = {}, {}
     cuts = list(unlabeled)
-    for i in range(0, len(cuts), chunk):  # emissions of a chunk at a time, not of the whole split
-        d = decode(CutSet.from_cuts(cuts[i:i + chunk]), True)
-        out["hyps"].update(lm_decode(decoder, d, tuned["lm_weight"], tuned["word_score"])["hyps"])
-        out["confidence"].update(d["confidence"])
+    for i in range(0, len(cuts), chunk):  # emissions of this process's share of a chunk at a time
+        d = decode(CutSet.from_cuts(cuts[i:i + chunk]), True, local=True)
+        hyps.update(lm_decode(decoder, d, tuned["lm_weight"], tuned["word_score"])["hyps"])
+        confidence.update(d["confidence"])
+    out = {"hyps": {}, "confidence": {}, "lm_weight": tuned["lm_weight"], "word_score": tuned["word_score"]}
+    for part in gather({"hyps": hyps, "confidence": confidence}, run.dist):
+        out["hyps"].update(part["hyps"])
+        out["confidence"].update(part["confidence"])
     return out
 
 

@@ -8,17 +8,24 @@ trains alone) and fine-tune at a lower learning rate than the head.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from bljust.config import Config
-from bljust.methods.common import Run
-from bljust.training import lr_factor
+from bljust.engine.optim import lr_factor
+from bljust.engine.run import Run
+
+
+@dataclass
+class PTFTState:
+    finetune_started: bool = False
+    """Whether fine-tuning began (its fresh optimiser state is made once, not again on resume)."""
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
-    run = Run(cfg, data_dir, run_dir, method="ptft", resume=resume, ssl=True)
+    run = Run(cfg, data_dir, run_dir, method="ptft", resume=resume, ssl=True, state=PTFTState)
     try:
         p, o, total = cfg.ptft, cfg.optim, cfg.train.max_steps
         n_pt = p.pretrain_steps if p.pretrain_steps is not None else round(p.pretrain_fraction * total)
@@ -38,22 +45,22 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                 batch = run.next_batch("unlabeled")
                 if batch is None:
                     continue
-                g, stats = run.ssl_loss(batch)
-                g.backward()
+                g, stats = run.g_loss(batch)
+                run.backward(g)
                 lr = p.pretrain_lr * lr_factor(step, n_pt, o.warmup_steps, o.schedule, o.min_lr_ratio)
                 _, norms = run.step(bool(torch.isfinite(g)), {"theta": lr, "eta": lr})
                 run.after_step({"g": run.value(g), "lr": lr, **norms, **{f"ssl_{n}": v for n, v in stats.items()}},
                                phase="pretrain", started=started, decode=False)
                 continue
-            if not run.phase_state.get("finetune_started"):
+            if not run.method_state.finetune_started:
                 run.optimizer.state.clear()  # a fresh optimiser for fine-tuning, as in two separate runs
-                run.phase_state["finetune_started"] = True
+                run.method_state.finetune_started = True
                 run.close_streams("labeled")
             batch = run.next_batch("labeled")  # fine-tuning: (θ, φ) -= lr ∇f
             if batch is None:
                 continue
-            f = run.ctc_loss(batch)
-            f.backward()
+            f = run.f_loss(batch)
+            run.backward(f)
             lr = p.finetune_lr * lr_factor(step - n_pt, total - n_pt, o.warmup_steps, o.schedule, o.min_lr_ratio)
             frozen = step - n_pt < p.freeze_encoder_steps
             lrs = {"phi": lr} if frozen else {"theta": p.encoder_lr_scale * lr, "phi": lr}

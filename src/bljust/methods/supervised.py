@@ -1,4 +1,4 @@
-"""Supervised-only training: f (CTC) on the labeled split. The baseline every method builds on."""
+"""Supervised-only training: f (CTC or RNN-T) on the labeled split. The baseline every method builds on."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from bljust.config import Config
-from bljust.methods.common import Run
-from bljust.training import lr_factor
+from bljust.engine.optim import lr_factor
+from bljust.engine.run import Run
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
@@ -25,8 +25,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             batch = run.next_batch("labeled")
             if batch is None:
                 continue
-            f = run.ctc_loss(batch)
-            f.backward()
+            f = run.f_loss(batch)
+            run.backward(f)
             lr = o.lr * lr_factor(run.counters.step, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
             _, norms = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
             run.after_step({"f": run.value(f), "lr": lr, **norms, "epoch": run.streams["labeled"].epoch},

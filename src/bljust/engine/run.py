@@ -1,62 +1,51 @@
-"""What every training method sets up the same way: a ``Run``.
+"""``Run``: what every training method sets up the same way.
 
-A method's file builds a ``Run``, adds its data streams, then writes its own loop with the
-run's helpers: ``features``, ``ctc_loss``, ``ssl_loss``, ``step``, ``after_step``. The run owns
-processes and devices, data, tokenizer, model, optimiser, counters, metrics, validation and
-checkpoints, so a method differs from the supervised baseline only where the method differs.
+A method's file builds a ``Run`` with its typed state (a dataclass, checkpointed), adds its data
+streams, then writes its own loop with the run's helpers: ``f_loss``, ``g_loss``, ``backward``,
+``no_sync``, ``step``, ``after_step``. The run owns processes and devices, data, tokenizer, model,
+optimiser, counters, metrics, validation and checkpoints, so a method differs from the supervised
+baseline only where the method differs.
 
-Distributed training: gradients are summed over processes by one flat all-reduce per step
-(``sync_gradients``) instead of a DistributedDataParallel wrapper. A joint step has two
-objectives on two batches, phases leave heads unused, and BL-JUST logs the gradients of f and
-g separately; a single explicit sync after all backward passes makes all of that exact and
-simple. Losses are normalised by counts summed over processes, so N processes take the
-same step as one process on the union of their batches. Only the groups that step are synced.
+Distributed training runs on DistributedDataParallel (``engine.dist``): gradients are summed over the
+processes during the backward pass. A joint step back-propagates f under ``no_sync`` and g after it,
+so one all-reduce carries ∇f + γ∇g (``engine.objectives.penalised_backward``). Validation, held-out g
+and pseudo-label decoding are sharded over the processes and gathered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.distributed as torch_dist
 from lhotse import CutSet
 
-from bljust.checkpoint import CheckpointManager, atomic_save, rng_state, set_rng_state
-from bljust.config import Config, to_dict
+from bljust.checkpoint import CheckpointManager, atomic_save, atomic_write_text, rng_state, set_rng_state
+from bljust.config import Config, dump_config, to_dict
 from bljust.data.audio import SkippedAudio
 from bljust.data.loader import BatchStream, eval_batches, filter_cuts, hold_out, speed_perturbed
 from bljust.data.manifests import cut_text, load_split
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state, train_tokenizer
-from bljust.evaluate import decode_cuts, score
+from bljust.engine import TrainingFailed
+from bljust.engine.dist import (Dist, all_reduce_sum, any_rank, barrier, cleanup_distributed, gather, pick_device,
+                                setup_distributed, shard, wrap_ddp)
+from bljust.engine.objectives import Objectives, f_objective, g_objective, make_features, step_generator
+from bljust.engine.optim import build_optimizer, clip_groups
+from bljust.engine.precision import autocast, grad_scaler
+from bljust.evaluate import decode_cuts, merge_decoded, score
 from bljust.models import count_parameters
 from bljust.models.asr import ASRModel
 from bljust.ssl_targets import targets_for_run
-from bljust.training import (
-    Dist,
-    MetricsLogger,
-    TrainingFailed,
-    all_reduce_sum,
-    any_rank,
-    autocast,
-    barrier,
-    build_optimizer,
-    cleanup_distributed,
-    clip_groups,
-    make_features,
-    pick_device,
-    progress_bar,
-    seed_everything,
-    setup_distributed,
-    setup_run_dir,
-    step_generator,
-)
 
 log = logging.getLogger("bljust.train")
 
@@ -64,87 +53,21 @@ log = logging.getLogger("bljust.train")
 FAULT_ENV = "BLJUST_FAULT_AFTER_STEP"
 
 
-def sync_gradients(params: list[torch.Tensor], dist: Dist) -> None:
-    """Sum gradients over processes in one flat all-reduce (missing gradients count as zero)."""
-    if not dist.enabled or not params:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    torch_dist.all_reduce(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad.copy_(flat[offset:offset + n].view_as(p))
-        offset += n
+@dataclass
+class NoState:
+    """The state of a method that keeps none beyond the run's counters (supervised)."""
 
 
-def ctc_objective(model: ASRModel, feats: torch.Tensor, lens: torch.Tensor, targets: list[list[int]], dist: Dist,
-                  device: torch.device, amp: bool) -> torch.Tensor:
-    """f: the supervised loss (CTC, or RNN-T with ``model.loss: rnnt``; the name is from when f was always
-    CTC) per target token of the global batch (tokens summed over processes). Every method's f is this."""
-    tokens = all_reduce_sum(float(sum(len(t) for t in targets)), dist, device)
-    with autocast(device, amp):
-        hidden, out_lens = model.encode(feats, lens)
-        return model.loss_sum(hidden, out_lens, targets) / tokens
-
-
-def ssl_objective(model: ASRModel, feats: torch.Tensor, lens: torch.Tensor, generator: torch.Generator, dist: Dist,
-                  device: torch.device, amp: bool, ids: list[str] | None = None) -> tuple[torch.Tensor, dict]:
-    """g: the self-supervised loss per predicted position of the global batch (positions summed over
-    processes), and its health statistics on this process's batch. ``ids``: the batch's cut ids (HuBERT
-    looks its targets up by them)."""
-    with autocast(device, amp):
-        loss_sum, count, stats = model.ssl(model.encoder, feats, lens, generator, ids=ids)
-    total = all_reduce_sum(float(count), dist, device)
-    return loss_sum / max(total, 1.0), stats
-
-
-def add_penalty_gradient(g: torch.Tensor, theta: list, phi: list, eta: list, weight: float, eta_weight: float,
-                         scale: float = 1.0, health: bool = True) -> dict[str, float]:
-    """Complete a joint step's gradients once ``f.backward()`` has put ∇f into θ and φ:
-
-        θ ← scale·(∇θ f + weight·∇θ g),   φ ← scale·∇φ f,   η ← eta_weight·∇η g
-
-    f's graph is freed by its backward pass before g's is built, so a joint step never holds both
-    graphs: its peak memory is that of the larger of a supervised and an SSL step. ∇f and ∇g stay
-    apart until here, which gives the health metrics (with ``health``): ‖∇θ f‖, ‖weight·∇θ g‖ and
-    the cosine between ∇θ f and ∇θ g, on this process's batches.
-    """
-    gg = torch.autograd.grad(g, theta + eta, allow_unused=True)
-    gg_theta = [torch.zeros_like(p) if x is None else x for p, x in zip(theta, gg[:len(theta)])]
-    for p in theta:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    values = {}
-    if health:
-        gf = [p.grad for p in theta]
-        nf, ng = torch._foreach_norm(gf), torch._foreach_norm(gg_theta)
-        dot = sum((a.float() * b.float()).sum() for a, b in zip(gf, gg_theta))
-        norm_f, norm_g = torch.stack(nf).float().norm(), torch.stack(ng).float().norm()
-        cos = dot / (norm_f * norm_g).clamp(min=1e-12)
-        norm_f, norm_g, cos = torch.stack([norm_f, norm_g, cos]).tolist()  # one host sync
-        values = {"grad_f_norm": norm_f, "weighted_grad_g_norm": weight * norm_g, "grad_cos": cos}
-    for p, b in zip(theta, gg_theta):
-        p.grad.add_(b, alpha=weight).mul_(scale)
-    if scale != 1.0:
-        for p in phi:
-            if p.grad is not None:
-                p.grad.mul_(scale)
-    for p, b in zip(eta, gg[len(theta):]):
-        p.grad = None if b is None else eta_weight * b
-    return values
-
-
-def track_penalty_gap(state: dict, g: float) -> float:
-    """g − v* estimated as (smoothed g) − (its running minimum); the state is checkpointed."""
-    if not math.isfinite(g):
-        return float("nan")
-    ema = state.get("g_ema")
-    state["g_ema"] = g if ema is None else 0.9 * ema + 0.1 * g
-    state["g_min"] = min(state.get("g_min", math.inf), state["g_ema"])
-    return state["g_ema"] - state["g_min"]
+def restore_state(state: object, saved: dict) -> object:
+    """``state`` (a method's state dataclass) with the values of its checkpointed ``asdict`` form;
+    fields that are dataclasses themselves are rebuilt from their dicts."""
+    for f in fields(state):
+        if f.name not in saved:
+            continue
+        current = getattr(state, f.name)
+        value = saved[f.name]
+        setattr(state, f.name, type(current)(**value) if dataclasses.is_dataclass(current) else value)
+    return state
 
 
 def load_labeled(data_dir: Path, splits: list[str]) -> CutSet:
@@ -173,45 +96,51 @@ class Counters:
     unlabeled_seconds: float = 0.0
     labeled_batches: int = 0
     unlabeled_batches: int = 0
+    overflow_steps: int = 0
+    """fp16 steps the gradient scaler skipped for an overflow (not bad steps: the scaler lowers its factor)."""
+    g_heldout_min: float = math.inf
+    """The least held-out g seen at validation (the penalty gap's reference)."""
 
 
 class Run:
     def __init__(self, cfg: Config, data_dir: str | Path, run_dir: str | Path, *, method: str, resume: bool = False,
-                 ssl: bool = False):
+                 ssl: bool = False, state: type = NoState):
+        """``state``: the method's state dataclass (its fields are checkpointed and restored on resume), as
+        ``run.method_state``."""
         self.cfg, self.method = cfg, method
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
-        self.dist = setup_distributed(cfg.train.device)
+        self.dist = setup_distributed(cfg.train.device, cfg.train.dist_timeout)
         self.device = pick_device(cfg.train.device, self.dist)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.ckpts = CheckpointManager(self.run_dir, cfg.train.keep_last)
         if self.dist.is_main and not resume:
             self.ckpts.remove_leftovers()  # load_latest does it when resuming
-        self.state = self.ckpts.load_latest() if resume else None
-        if resume and self.state is None:
+        self.ckpt = self.ckpts.load_latest() if resume else None
+        if resume and self.ckpt is None:
             log.warning("--resume: no checkpoint in %s, starting from scratch", self.run_dir)
-        if self.state is not None and self.state.get("method") != method:
-            raise ValueError(f"{self.run_dir} holds a '{self.state.get('method')}' run, not '{method}'")
-        self._log_handler = setup_run_dir(self.run_dir, cfg, self.dist, resume=self.state is not None)
+        if self.ckpt is not None and self.ckpt.get("method") != method:
+            raise ValueError(f"{self.run_dir} holds a '{self.ckpt.get('method')}' run, not '{method}'")
+        self._log_handler = setup_run_dir(self.run_dir, cfg, self.dist, resume=self.ckpt is not None)
         seed_everything(cfg.train.seed)
 
         # Units come from the checkpoint on resume: retraining SentencePiece could renumber them.
         self.skipped = SkippedAudio()  # every bad audio file the run met, logged once each
-        if self.state is not None:
-            self.skipped.load_state_dict(self.state["skipped_audio"])
+        if self.ckpt is not None:
+            self.skipped.load_state_dict(self.ckpt["skipped_audio"])
         self.dropped: dict[str, int] = {}  # utterances the filters dropped, by reason (all splits)
-        self.bad_batches: list[dict] = [] if self.state is None else list(self.state["bad_batches"])
+        self.bad_batches: list[dict] = [] if self.ckpt is None else list(self.ckpt["bad_batches"])
         self._step_ids: list[str] = []  # the cut ids of the step being taken
         self.total_steps = 0
         self.labeled, dev = load_labeled(self.data_dir, cfg.data.labeled_splits), load_split(self.data_dir, "dev")
-        if self.state is not None:
-            self.tokenizer: Tokenizer = tokenizer_from_state(self.state["tokenizer"])
+        if self.ckpt is not None:
+            self.tokenizer: Tokenizer = tokenizer_from_state(self.ckpt["tokenizer"])
         else:
             self.tokenizer = train_tokenizer(cfg.tokenizer, [t for c in self.labeled if (t := cut_text(c))])
         self.ssl_targets = None
         if ssl and cfg.ssl.loss == "hubert":
             self.ssl_targets = targets_for_run(cfg.ssl, self.data_dir)
-            saved = self.state.get("ssl_targets") if self.state is not None else None
+            saved = self.ckpt.get("ssl_targets") if self.ckpt is not None else None
             if saved is not None and saved != self.ssl_targets.key:
                 raise ValueError(f"{self.run_dir}: the checkpoint trained on HuBERT targets {saved}, but "
                                  f"{self.ssl_targets.path} holds {self.ssl_targets.key}; resume with the same targets")
@@ -222,7 +151,7 @@ class Run:
             self.labeled = speed_perturbed(self.labeled, cfg.data.speed_perturb)
         self.labeled = self.filter(self.labeled, "labeled", labeled=True)
         self.dev = dev.filter(lambda c: bool(cut_text(c))).to_eager()
-        if cfg.features.normalize == "global" and self.state is None:
+        if cfg.features.normalize == "global" and self.ckpt is None:
             sample = self.labeled.subset(first=min(len(self.labeled), 500))
             self.model.frontend.set_global_stats((b["wav"], b["wav_lens"])
                                                  for b in eval_batches(sample, 120.0, skipped=self.skipped))
@@ -231,14 +160,18 @@ class Run:
         self.heldout = CutSet.from_cuts([])  # unlabeled utterances no method trains on (load_unlabeled)
         self.optimizer = build_optimizer(self.model.param_groups(cfg.optim.lr), cfg.optim)
         self.counters = Counters()
-        self.phase_state: dict = {}
-        if self.state is not None:
-            self.model.load_state_dict(self.state["model"])
-            self.optimizer.load_state_dict(self.state["optimizer"])
+        self.method_state = state()
+        self.scaler = grad_scaler(self.device, cfg.train.amp, cfg.train.amp_dtype)
+        if self.ckpt is not None:
+            self.model.load_state_dict(self.ckpt["model"])
+            self.optimizer.load_state_dict(self.ckpt["optimizer"])
             known = {f.name for f in fields(Counters)}
-            self.counters = Counters(**{k: v for k, v in self.state["counters"].items() if k in known})
-            self.phase_state = self.state.get("phase_state", {})
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+            self.counters = Counters(**{k: v for k, v in self.ckpt["counters"].items() if k in known})
+            restore_state(self.method_state, self.ckpt.get("method_state", {}))
+            if self.scaler is not None and self.ckpt.get("grad_scaler"):
+                self.scaler.load_state_dict(self.ckpt["grad_scaler"])
+        # f and g go through one forward, the call DDP wraps (engine.objectives); self.model stays the bare model
+        self.net = wrap_ddp(Objectives(self.model), self.dist, self.device)
         self.metrics = MetricsLogger(self.run_dir, self.dist.is_main, resume_step=self.counters.step)
         self._window = (0.0, time.time())
         self._fault_step = int(os.environ.get(FAULT_ENV, "0"))
@@ -283,8 +216,8 @@ class Run:
                              seed=self.cfg.train.seed + seed_offset, world_size=self.dist.world_size,
                              rank=self.dist.rank, num_workers=d.num_workers, buffer_size=d.buffer_size,
                              skipped=self.skipped)
-        if self.state is not None and name in self.state["streams"]:
-            stream.load_state_dict(self.state["streams"][name])
+        if self.ckpt is not None and name in self.ckpt["streams"]:
+            stream.load_state_dict(self.ckpt["streams"][name])
         self.streams[name] = stream
         return stream
 
@@ -308,12 +241,12 @@ class Run:
         (the Gumbel temperature) run."""
         self.total_steps = total_steps
         self.g_steps = total_steps if g_steps is None else g_steps
-        if self.state is not None:
-            set_rng_state(self.state["rng"][self.dist.rank])
+        if self.ckpt is not None:
+            set_rng_state(self.ckpt["rng"][self.dist.rank])
             log.info("resumed from step %d", self.counters.step)
             # The loaded checkpoint duplicates model and optimiser tensors; streams added
             # later (pseudo-labeling rounds) are new, so nothing needs it past this point.
-            self.state = None
+            self.ckpt = None
         if self.dist.is_main:
             # An epoch of a stream is one pass of its sampler over its split; every stream
             # cycles, so a shorter stream simply starts its next epoch.
@@ -348,13 +281,14 @@ class Run:
         gen = step_generator(self.cfg.train.seed, self.counters.step, self.dist.rank, stream)
         return make_features(self.model, batch, self.device, train=augment, cfg=self.cfg, generator=gen)
 
-    def ctc_loss(self, batch: dict) -> torch.Tensor:
+    def f_loss(self, batch: dict) -> torch.Tensor:
         """f on a labeled batch: CTC or RNN-T (``model.loss``), whichever the model's head is."""
         feats, lens = self.features(batch, stream=0)
         targets = [self.tokenizer.encode(t) for t in batch["texts"]]
-        return ctc_objective(self.model, feats, lens, targets, self.dist, self.device, self.cfg.train.amp)
+        t = self.cfg.train
+        return f_objective(self.net, feats, lens, targets, self.dist, self.device, t.amp, t.amp_dtype)
 
-    def ssl_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def g_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """g on an unlabeled batch: the self-supervised loss per predicted position of the global batch."""
         # No SpecAugment here: the SSL loss masks its own input, and its targets (BEST-RQ labels,
         # CPC/wav2vec 2.0 targets) must come from clean features.
@@ -363,8 +297,19 @@ class Run:
         # unlabeled_batches - 1 (next_batch counted its batch), a checkpointed counter, so resumes agree.
         self.model.ssl.set_progress(self.counters.unlabeled_batches - 1, self.g_steps)
         gen = step_generator(self.cfg.train.seed, self.counters.step, self.dist.rank, stream=2)
-        return ssl_objective(self.model, feats, lens, gen, self.dist, self.device, self.cfg.train.amp,
-                             ids=batch["ids"])
+        t = self.cfg.train
+        return g_objective(self.net, feats, lens, gen, self.dist, self.device, t.amp, ids=batch["ids"],
+                           amp_dtype=t.amp_dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss`` (scaled by the gradient scaler in fp16); with several processes DDP sums the
+        gradients during this pass, unless it runs under ``no_sync``."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def no_sync(self):
+        """Keep the gradients of the backward passes inside on this process, to be summed with the next
+        synced pass's (a joint step's f before its g)."""
+        return self.net.no_sync() if self.dist.enabled else contextlib.nullcontext()
 
     @property
     def logging(self) -> bool:
@@ -372,10 +317,11 @@ class Run:
         return (self.counters.step + 1) % self.cfg.train.log_every == 0
 
     def step(self, losses_ok: bool, lrs: dict[str, float]) -> tuple[bool, dict[str, float]]:
-        """Sync gradients, clip each group on its own, and apply an optimiser step with per-group learning rates.
+        """Clip each group's (summed) gradient on its own and apply an optimiser step with per-group learning rates.
 
-        Groups missing from ``lrs`` are not updated (their gradients are dropped before the sync). A
-        step with a non-finite loss or gradient on any rank is skipped everywhere, logged and counted.
+        Groups missing from ``lrs`` are not updated (their gradients are dropped). A step with a non-finite
+        loss or gradient on any rank is skipped everywhere, logged and counted; in fp16, a finite loss with
+        a non-finite gradient is the scaler's overflow, counted apart, and the scaler lowers its factor.
         Returns whether it stepped and the pre-clip gradient norm of each group that stepped
         (``grad_norm_theta``, ``grad_norm_phi``, ``grad_norm_eta``).
         """
@@ -387,15 +333,21 @@ class Run:
             else:
                 for p in group["params"]:
                     p.grad = None
-        sync_gradients([p for params in stepping.values() for p in params], self.dist)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         norms = clip_groups(stepping, self.cfg.optim.clip_grad_norm)
         values = dict(zip(norms, torch.stack(list(norms.values())).tolist())) if norms else {}
-        ok = losses_ok and all(math.isfinite(v) for v in values.values())
-        ok = not any_rank(not ok, self.dist, self.device)
+        losses_ok = not any_rank(not losses_ok, self.dist, self.device)
+        ok = losses_ok and all(math.isfinite(v) for v in values.values())  # grads are summed: equal on every rank
         if ok:
             self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if not ok:
+        if not ok and self.scaler is not None and losses_ok:
+            self.counters.overflow_steps += 1
+            log.debug("step %d: fp16 gradient overflow, scale now %g", self.counters.step + 1, self.scaler.get_scale())
+        elif not ok:
             self.skip_step()
         return ok, {f"grad_norm_{name}": v for name, v in values.items()}
 
@@ -405,10 +357,8 @@ class Run:
         c, limit = self.counters, self.cfg.train.max_bad_step_fraction * max(self.total_steps, 1)
         c.bad_steps += 1
         ids = list(self._step_ids)
-        if self.dist.enabled:  # every rank skips together (see step), so every rank joins this gather
-            every = [None] * self.dist.world_size
-            torch_dist.all_gather_object(every, ids)
-            ids = [i for rank_ids in every for i in rank_ids]
+        # every rank skips together (see step), so every rank joins this gather
+        ids = [i for rank_ids in gather(ids, self.dist) for i in rank_ids]
         log.warning("step %d skipped: non-finite loss or gradient; its batch: %s", c.step + 1, " ".join(ids))
         if len(self.bad_batches) < 20:
             self.bad_batches.append({"step": c.step + 1, "ids": ids})
@@ -457,61 +407,64 @@ class Run:
     # ------------------------------------------------------------ validation and checkpoints
 
     def validate(self, decode: bool = True) -> None:
-        """On rank 0: g on the held-out unlabeled audio (methods with an SSL head) and, with ``decode``, dev
-        loss and greedy WER/CER; keeps best.pt by the configured metric."""
+        """g on the held-out unlabeled audio (methods with an SSL head) and, with ``decode``, dev loss and greedy
+        WER/CER, each sharded over the processes; rank 0 logs them and keeps best.pt by the configured metric."""
         c = self.counters
-        if self.dist.is_main:
-            values = self.heldout_g() if self.model.ssl is not None and len(self.heldout) else {}
-            if decode:
-                result = score(decode_cuts(self.model, self.tokenizer, self.dev, self.device,
-                                           max_duration=self.cfg.data.max_duration * 2, amp=self.cfg.train.amp,
-                                           skipped=self.skipped))
-                values.update({k: result[k] for k in ("loss", "wer", "cer")})
+        values = self.heldout_g() if self.model.ssl is not None and len(self.heldout) else {}
+        if decode:
+            result = score(self.decode(self.dev))  # every rank scores the gathered hypotheses alike
+            values.update({k: result[k] for k in ("loss", "wer", "cer")})
+            value = result[self.cfg.train.best_metric]
+            if value < c.best:
+                c.best, c.best_step = value, c.step
+                if self.dist.is_main:
+                    self.save_model(self.run_dir / "best.pt", result)
+            if self.dist.is_main:
                 log.info("step %d dev: loss %.3f WER %.2f%% CER %.2f%%", c.step, result["loss"],
                          100 * result["wer"], 100 * result["cer"])
-                value = result[self.cfg.train.best_metric]
-                if value < c.best:
-                    c.best, c.best_step = value, c.step
-                    self.save_model(self.run_dir / "best.pt", result)
-            if values:
-                self.metrics.log(c.step, "dev", {**values, **self._position()})
-        best = torch.tensor([c.best, c.best_step], dtype=torch.float64, device=self.device)
-        if self.dist.enabled:  # every rank carries the same counters into the checkpoint
-            torch_dist.broadcast(best, 0)
-        c.best, c.best_step = float(best[0]), int(best[1])
+        if values:
+            self.metrics.log(c.step, "dev", {**values, **self._position()})
+
+    def decode(self, cuts: CutSet, local: bool = False, **kwargs) -> dict:
+        """``evaluate.decode_cuts`` of ``cuts`` sharded over the processes: every rank gets the gathered
+        result, or with ``local`` only its own share's."""
+        mine = decode_cuts(self.model, self.tokenizer, CutSet.from_cuts(shard(list(cuts), self.dist)), self.device,
+                           max_duration=self.cfg.data.max_duration * 2, amp=self.cfg.train.amp, skipped=self.skipped,
+                           **kwargs)
+        return mine if local or not self.dist.enabled else merge_decoded(gather(mine, self.dist))
 
     @torch.no_grad()
     def heldout_g(self) -> dict:
         """g on the held-out unlabeled utterances, in eval mode, each batch with the same masks at every
-        validation: the lower level's value free of training noise, and its gap to the least value seen."""
+        validation (seeded by its index in this process's share): the lower level's value free of training
+        noise, and its gap to the least value seen."""
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0.0
-        for i, batch in enumerate(eval_batches(self.heldout, self.cfg.data.max_duration, skipped=self.skipped)):
+        mine = CutSet.from_cuts(shard(list(self.heldout), self.dist))
+        for i, batch in enumerate(eval_batches(mine, self.cfg.data.max_duration, skipped=self.skipped)):
             if not batch["ids"]:
                 continue
             feats, lens = make_features(self.model, batch, self.device, train=False, cfg=self.cfg)
-            with autocast(self.device, self.cfg.train.amp):
-                loss_sum, n, _ = self.model.ssl(self.model.encoder, feats, lens, torch.Generator().manual_seed(i),
+            with autocast(self.device, self.cfg.train.amp, self.cfg.train.amp_dtype):
+                loss_sum, n, _ = self.model.ssl(self.model.encoder, feats, lens,
+                                                torch.Generator().manual_seed(i * self.dist.world_size + self.dist.rank),
                                                 ids=batch["ids"])
             total, count = total + float(loss_sum), count + float(n)
         self.model.train(was_training)
+        total, count = all_reduce_sum(total, self.dist, self.device), all_reduce_sum(count, self.dist, self.device)
         g = total / max(count, 1.0)
-        least = min(self.phase_state.get("g_heldout_min", math.inf), g)
-        self.phase_state["g_heldout_min"] = least
-        return {"g_heldout": g, "penalty_gap_heldout": g - least}
+        self.counters.g_heldout_min = min(self.counters.g_heldout_min, g)
+        return {"g_heldout": g, "penalty_gap_heldout": g - self.counters.g_heldout_min}
 
     def checkpoint(self) -> None:
-        rngs = [None] * self.dist.world_size
-        if self.dist.enabled:
-            torch_dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
+        rngs = gather(rng_state(), self.dist)
         if self.dist.is_main:
             self.ckpts.save(self.counters.step, {
                 "method": self.method, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "streams": {n: s.state_dict() for n, s in self.streams.items()}, "rng": rngs,
-                "counters": vars(self.counters).copy(), "phase_state": self.phase_state,
+                "counters": vars(self.counters).copy(), "method_state": dataclasses.asdict(self.method_state),
+                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "skipped_audio": self.skipped.state_dict(), "bad_batches": self.bad_batches,
                 "config": to_dict(self.cfg), "tokenizer": self.tokenizer.state_dict(),
                 "ssl_targets": self.ssl_targets.key if self.ssl_targets is not None else None})
@@ -536,6 +489,7 @@ class Run:
         summary = {
             "method": self.method, "steps": c.step, "best_step": c.best_step,
             f"best_dev_{self.cfg.train.best_metric}": c.best, "bad_steps": c.bad_steps,
+            **({"fp16_overflow_steps": c.overflow_steps} if self.scaler is not None else {}),
             "skipped_audio": self.skipped.counts(), "skipped_audio_loads": self.skipped.hits,
             "dropped_utterances": dict(sorted(self.dropped.items())), "parameters": count_parameters(self.model),
             "inference_parameters": sum(p.numel() for n, p in self.model.named_parameters() if not n.startswith("ssl.")),
@@ -567,3 +521,79 @@ class Run:
             self._log_handler.close()
         cleanup_distributed(self.dist)
 
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class MetricsLogger:
+    """Metrics as JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``), rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step and self.path.exists():
+            # Records past the checkpoint came from the killed run and are about to be redone.
+            kept = []
+            for ln in self.path.read_text().splitlines():
+                if not ln.strip():
+                    continue
+                try:
+                    record = json.loads(ln)
+                except json.JSONDecodeError:  # a kill in the middle of a write leaves half a line
+                    log.warning("%s: dropped an unreadable (truncated) line: %.80s", self.path, ln)
+                    continue
+                if record.get("step", 0) <= resume_step:
+                    kept.append(ln)
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))  # a kill here keeps the records
+        elif not resume_step:
+            self.path.write_text("")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step or None)
+
+    def log(self, step: int, kind: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def setup_run_dir(run_dir: Path, cfg: Config, dist: Dist, resume: bool) -> logging.Handler | None:
+    """Create the run directory, refuse to overwrite a run by accident, log to train.log.
+
+    Returns the log file's handler, for the caller to remove when the run ends.
+    """
+    handler = None
+    if dist.is_main:
+        if not resume and any((run_dir / "checkpoints").glob("step-*.pt")):
+            raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
+                                  f"or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("bljust").addHandler(handler)
+    barrier(dist)
+    return handler
+
+
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True,
+                file=sys.stderr, mininterval=1.0)

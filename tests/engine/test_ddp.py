@@ -1,39 +1,50 @@
 """DDP equivalence: the update 2 processes make on the halves of a global batch equals the update of
-one process on the whole batch, for a supervised, an SSL and a BL-JUST joint step.
+one process on the whole batch, for a supervised, an SSL and a BL-JUST joint step (plain, and with
+PBGD's step scaling).
 
-Each process runs the training code's own pieces: ``ctc_objective`` and ``ssl_objective`` (normalised
-by counts summed over processes), ``add_penalty_gradient`` after ``f.backward()``, ``sync_gradients``
-over the stepping groups, ``clip_groups`` with a clip value that clips, and the optimiser step.
+Each process runs the training code's own pieces: the model's ``Objectives`` under
+``DistributedDataParallel`` (``wrap_ddp``: gradients summed during the backward pass), ``f_objective``
+and ``g_objective`` (normalised by counts summed over processes), for a joint step f's backward under
+``no_sync`` and then ``penalised_backward``, ``clip_groups`` with a clip value that clips, and the
+optimiser step.
 
 The SSL loss draws its masks from a generator per process (``step_generator(seed, step, rank, 2)``),
 and the contrastive losses draw their negatives from the process's own batch. The global batch's g
 is therefore defined by the ranks: each half with its rank's generator (its masks, its negative
 pool), ``Σ_r loss_sum_r / Σ_r count_r``. The single-process reference computes exactly that with
 ``model.ssl`` on each half, then takes the gradient of the whole with plain autograd, so the reference
-relies neither on the sync nor on ``add_penalty_gradient``.
+relies neither on DDP nor on ``penalised_backward``.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from bljust.config import load_config
-from bljust.methods.common import add_penalty_gradient, ctc_objective, ssl_objective, sync_gradients
+from bljust.engine.dist import Dist, wrap_ddp
+from bljust.engine.objectives import Objectives, f_objective, g_objective, penalised_backward, step_generator
+from bljust.engine.optim import build_optimizer, clip_groups
 from bljust.models.asr import ASRModel
-from bljust.training import Dist, build_optimizer, clip_groups, step_generator
 from tests.conftest import TINY
 
 CPU = torch.device("cpu")
 GAMMA = 0.7
+PBGD_SCALE = 0.5  # PBGD at γ = 2: θ ← s(∇f + γ∇g), φ ← s∇f, η ← sγ∇g with s = min(1, 1/γ)
 CLIP = 0.05  # below every group's gradient norm here (asserted), so clipping acts on every step
-STEPPING = {"supervised": ("theta", "phi"), "ssl": ("theta", "eta"), "joint": ("theta", "phi", "eta")}
+STEPPING = {"supervised": ("theta", "phi"), "ssl": ("theta", "eta"), "joint": ("theta", "phi", "eta"),
+            "pbgd": ("theta", "phi", "eta")}
+# (f scale, θ's weight of ∇g, η's weight of ∇g) of each kind
+WEIGHTS = {"supervised": (1.0, 0.0, 0.0), "ssl": (0.0, 1.0, 1.0), "joint": (1.0, GAMMA, 1.0),
+           "pbgd": (PBGD_SCALE, PBGD_SCALE * 2.0, PBGD_SCALE * 2.0)}
 # (step kind, ssl.loss, optim.name). SGD's update is linear in the gradient, so it shows any error in
 # its scale; AdamW, the default, is all but sign(gradient) on a first step, which hides such errors.
 CASES = [("supervised", "bestrq", "sgd"), ("supervised", "bestrq", "adamw"),
          ("ssl", "bestrq", "sgd"), ("ssl", "bestrq", "adamw"), ("ssl", "cpc", "sgd"), ("ssl", "wav2vec2", "sgd"),
-         ("joint", "bestrq", "sgd"), ("joint", "bestrq", "adamw"), ("joint", "cpc", "sgd")]
+         ("joint", "bestrq", "sgd"), ("joint", "bestrq", "adamw"), ("joint", "cpc", "sgd"), ("pbgd", "bestrq", "sgd")]
 ATOL, RTOL = 2e-6, 1e-5
 
 
@@ -76,13 +87,12 @@ def _groups(opt) -> dict[str, list[torch.Tensor]]:
 
 
 def _finish(model, opt, cfg, kind: str, dist: Dist) -> dict:
-    """Run.step: drop idle groups' gradients, sync the stepping groups, clip each on its own, step."""
+    """Run.step: drop idle groups' gradients, clip each stepping group on its own, step."""
     stepping = {n: ps for n, ps in _groups(opt).items() if n in STEPPING[kind]}
     for name, params in _groups(opt).items():
         if name not in stepping:
             for p in params:
                 p.grad = None
-    sync_gradients([p for ps in stepping.values() for p in ps], dist)
     norms = {n: float(v) for n, v in clip_groups(stepping, cfg.optim.clip_grad_norm).items()}
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     opt.step()
@@ -93,32 +103,36 @@ def _ddp_step(case, rank: int, dist: Dist) -> dict:
     """One training step of one process on its half of the global batch, as the methods take it."""
     kind, loss, optim = case
     cfg, model = _model(loss, optim)
+    net = wrap_ddp(Objectives(model), dist, CPU)
     opt = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
     (lf, ll), (uf, ul), targets = _batches()
     lab = (_half(lf, rank), _half(ll, rank), _half(targets, rank))
     unl = (_half(uf, rank), _half(ul, rank))
     groups = _groups(opt)
-    if kind in ("supervised", "joint"):
-        ctc_objective(model, *lab, dist, CPU, amp=False).backward()
-    if kind in ("ssl", "joint"):
-        g, _ = ssl_objective(model, *unl, _ssl_generator(rank), dist, CPU, amp=False)
-        if kind == "ssl":
-            g.backward()
-        else:
-            add_penalty_gradient(g, groups["theta"], groups["phi"], groups["eta"], weight=GAMMA, eta_weight=1.0)
+    f_scale, theta_weight, eta_weight = WEIGHTS[kind]
+    if kind == "supervised":
+        f_objective(net, *lab, dist, CPU, amp=False).backward()
+    elif kind == "ssl":
+        g_objective(net, *unl, _ssl_generator(rank), dist, CPU, amp=False)[0].backward()
+    else:  # as BL-JUST's joint step: f's gradient stays local, g's backward sums both
+        with net.no_sync():
+            (f_scale * f_objective(net, *lab, dist, CPU, amp=False)).backward()
+        g, _ = g_objective(net, *unl, _ssl_generator(rank), dist, CPU, amp=False)
+        penalised_backward(g, groups["theta"], groups["eta"], theta_weight=theta_weight, eta_weight=eta_weight,
+                           f_scale=f_scale)
     return _finish(model, opt, cfg, kind, dist)
 
 
 def _reference_step(case) -> tuple[dict, dict]:
-    """One process, the whole batch: θ ← ∇θ(f + γg), φ ← ∇φ f, η ← ∇η g, by plain autograd
-    (γ = 1 for an SSL step, no f), then the same clip and optimiser step."""
+    """One process, the whole batch: θ ← ∇θ(s·f + w_θ·g), φ ← ∇φ s·f, η ← ∇η w_η·g (``WEIGHTS``), by plain
+    autograd, then the same clip and optimiser step."""
     kind, loss, optim = case
     cfg, model = _model(loss, optim)
     opt = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
     (lf, ll), (uf, ul), targets = _batches()
     groups = _groups(opt)
     zero = torch.zeros(())
-    f = ctc_objective(model, lf, ll, targets, Dist(), CPU, amp=False) if kind != "ssl" else zero
+    f = f_objective(Objectives(model), lf, ll, targets, Dist(), CPU, amp=False) if kind != "ssl" else zero
     g, counts = zero, []
     if kind != "supervised":
         sums = []
@@ -127,12 +141,13 @@ def _reference_step(case) -> tuple[dict, dict]:
             sums.append(loss_sum)
             counts.append(float(count))
         g = (sums[0] + sums[1]) / sum(counts)
-    weight = {"supervised": 0.0, "ssl": 1.0, "joint": GAMMA}[kind]
+    f_scale, theta_weight, eta_weight = WEIGHTS[kind]
     upper = groups["theta"] + groups["phi"]
-    for p, d in zip(upper, torch.autograd.grad(f + weight * g, upper, allow_unused=True, retain_graph=True)):
+    for p, d in zip(upper, torch.autograd.grad(f_scale * f + theta_weight * g, upper, allow_unused=True,
+                                               retain_graph=True)):
         p.grad = d
     if kind != "supervised":
-        for p, d in zip(groups["eta"], torch.autograd.grad(g, groups["eta"], allow_unused=True)):
+        for p, d in zip(groups["eta"], torch.autograd.grad(eta_weight * g, groups["eta"], allow_unused=True)):
             p.grad = d
     return _finish(model, opt, cfg, kind, Dist()), {"ssl_counts": counts}
 
@@ -141,7 +156,7 @@ def _skip_step(rank: int) -> list[dict]:
     """Run.skip_step on each rank, as ``Run.step`` calls it when any rank's step is non-finite."""
     from types import SimpleNamespace
 
-    from bljust.methods.common import Counters, Run
+    from bljust.engine.run import Counters, Run
 
     run = SimpleNamespace(counters=Counters(step=6), cfg=load_config(TINY), total_steps=100, dist=Dist(rank, 2, rank),
                           _step_ids=[f"cut-{rank}-a", f"cut-{rank}-b"], bad_batches=[])
@@ -203,3 +218,59 @@ def test_the_update_moves_the_parameters_well_above_the_tolerance():
 def test_a_skipped_step_names_the_batches_of_every_rank(ddp_results):
     expected = [{"step": 7, "ids": ["cut-0-a", "cut-0-b", "cut-1-a", "cut-1-b"]}]
     assert ddp_results[0]["skip"] == expected and ddp_results[1]["skip"] == expected
+
+
+TORCHRUN = {
+    "bljust": ["train.max_steps=8", "bljust.outer_epochs=1", "bljust.explore_steps=2", "bljust.joint_steps=4",
+               "bljust.finetune_steps=2"],
+    "pl": ["train.max_steps=6", "pl.rounds=1", "pl.seed_fraction=0.5", "pl.min_chars_per_second=0", "pl.decode=lm",
+           "decode.lm_weights=[0.5, 1.0]", "decode.word_scores=[4.0]"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(TORCHRUN))
+def test_torchrun_trains_every_step_kind_and_decodes_sharded(method, tiny_corpus, tmp_path):
+    """Two processes under torchrun: BL-JUST's exploration, joint (f under no_sync, then g) and fine-tuning
+    steps, and PL's LM-decoded pseudo-labels; validation and pseudo-labeling decode a share per process.
+    The gathered dev score is one process's on the whole of dev, and PL labels every unlabeled utterance,
+    as one process does."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from bljust.config import load_config
+    from bljust.evaluate import evaluate_run
+    from bljust.lm import read_text, write_arpa
+    from bljust.methods import METHODS
+    from tests.conftest import REPO
+
+    arpa = tmp_path / "2gram.arpa"
+    write_arpa(read_text(tiny_corpus / "lm_text.txt"), arpa, 2)
+    settings = [*TORCHRUN[method], "train.device=cpu", "train.amp=false", "train.valid_every=4",
+                "data.max_duration=10", f"decode.lm={arpa}"]
+    sets = [a for s in settings for a in ("--set", s)]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+                        "-m", "bljust", "train", "--method", method, "--data", str(tiny_corpus), "--out",
+                        str(tmp_path / "run"), "--config", str(TINY), *sets],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    dev = [x for x in records if x["kind"] == "dev"]
+    assert [x["step"] for x in dev if "cer" in x] == [4, 8] if method == "bljust" else [4, 6]
+    if method == "bljust":
+        assert {x["phase"] for x in records if x["kind"] == "train"} == {"explore", "joint", "finetune"}
+        assert all(math.isfinite(x["g_heldout"]) for x in dev)
+        assert all("grad_cos" in x for x in records if x["kind"] == "train" and x["phase"] == "joint")
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    whole = evaluate_run(tmp_path / "run", tiny_corpus, splits=("dev",))["dev"]
+    # the loss per token of all of dev, gathered (a shard's would differ); a barely trained model's greedy
+    # output sits near ties, which other batch shapes can flip, so its CER agrees only closely
+    assert best["dev"]["loss"] == pytest.approx(whole["loss"], rel=1e-4)
+    assert best["dev"]["cer"] == pytest.approx(whole["cer"], abs=0.02)
+    if method == "pl":
+        two = json.loads((tmp_path / "run" / "summary.json").read_text())["pseudo_labels"]["round1"]
+        one = METHODS["pl"](load_config(TINY, settings), tiny_corpus, tmp_path / "one")["pseudo_labels"]["round1"]
+        assert two["decoded"] == one["decoded"] > 0
+        assert two["lm_weight"] in (0.5, 1.0)
