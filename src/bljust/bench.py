@@ -1,15 +1,16 @@
-"""``bljust bench``: the cost of one training step of each kind, time and peak memory, side by side.
+"""``bljust bench``: the cost of one training step of each kind, side by side: time, peak memory, FLOP
+utilisation and, on a real data directory, the share of step time spent waiting for data.
 
 Steps are timed interleaved (supervised, SSL, joint, supervised, ...) on the same model and
 fixed batches, so machine load affects every kind alike; the report gives medians and the
 ratio that matters for BL-JUST's compute: joint step / (supervised step + SSL step).
 
-Each step is a whole training step as the methods take it: the loss(es), their backward passes,
-per-group clipping of the groups that step (as ``Run.step``) and the optimiser step. A joint step
-follows BL-JUST's flow: ``f.backward()`` frees f's graph before g's is built, then
-``penalised_backward`` (with the health metrics, as on a logging step). So its peak memory
-should be that of the larger of a supervised and an SSL step, not their sum; the report gives
-that ratio too.
+Each step is a whole training step as the methods take it, in the run's precision (``train.amp``,
+``train.amp_dtype``, as ``Run``): the loss(es), their backward passes, per-group clipping of the
+groups that step (as ``Run.step``) and the optimiser step. A joint step follows BL-JUST's flow:
+``f.backward()`` frees f's graph before g's is built, then g's backward runs under
+``penalised_gradients`` (with the health metrics, as on a logging step). So its peak memory should
+be that of the larger of a supervised and an SSL step, not their sum; the report gives that ratio too.
 
 Peak memory is measured in separate, untimed passes after the timed ones, so the profiler's
 overhead never enters a timing. It is the peak of the allocator's live bytes during the step
@@ -21,68 +22,108 @@ above those live just before it (model, optimiser state and batches excluded):
   of its memory events taken in time order (every allocation through PyTorch's CPU allocator,
   activations, gradients and temporaries alike; memory that libraries allocate outside it, e.g.
   oneDNN scratch space, is not seen).
+
+FLOP utilisation: the FLOPs of one step of each kind, counted once in another untimed pass by
+``torch.utils.flop_counter.FlopCounterMode`` (forward and backward: matmuls, convolutions and
+attention, PyTorch's CPU flash attention included; elementwise work, normalisation, the CTC loss and
+recurrent layers have no formula and are not counted, so utilisation is a lower bound), divided by the
+step's median time, divided by the peak FLOP/s of square matmuls in the step's precision that the
+bench measures on the same device in the same run (``matmul_peak``).
+
+Data wait (``bljust bench --data DIR``): a ``Run`` on ``DIR`` builds the training pipeline as every
+method does (filters, speed perturbation, bucketing samplers, ``data.num_workers`` loader workers).
+Steps of each kind, interleaved, fetch their batches with ``Run.next_batch`` first, as the methods do,
+then compute features with ``Run.features`` and take the step above on them (one batch per stream:
+``train.accum_steps`` does not apply). Over N steps per kind, the time blocked in fetching is reported
+as a share of the whole step time (fetching plus compute). On a small corpus an epoch is a few batches,
+and the first batch of each epoch waits for its loading, so the share is higher than on a corpus with
+long epochs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from bljust.config import Config, load_config
 from bljust.engine.dist import Dist, pick_device
-from bljust.engine.objectives import Objectives, f_objective, g_objective, penalised_backward
+from bljust.engine.objectives import Objectives, f_objective, g_objective, penalised_gradients
 from bljust.engine.optim import build_optimizer, clip_groups
+from bljust.engine.precision import amp_dtype, grad_scaler
 from bljust.models import count_parameters
 from bljust.models.asr import ASRModel
 
 KINDS = ("supervised", "ssl", "joint")
 JOINT_GAMMA = 0.5
 MIB = 2 ** 20
-
-
-def _batch(seconds: float, utt_seconds: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(1, int(seconds // utt_seconds))
-    frames = int(utt_seconds * 100)
-    return torch.randn(n, frames, 80, generator=gen), torch.full((n,), frames)
+JOINT_GOAL = 1.05
+"""Issue 15's goal: a joint step costs at most this times a supervised plus an SSL step."""
+DATA_WAIT_GOAL = 5.0
+"""Issue 15's goal: at most this percentage of a step's time is spent waiting for data."""
+STREAMS = {"supervised": ("labeled",), "ssl": ("unlabeled",), "joint": ("labeled", "unlabeled")}
+"""The data streams each step kind reads, in the order the methods fetch them."""
 
 
 @dataclass
-class Bench:
-    """A model, its optimiser and fixed batches; ``steps`` holds one whole training step of each kind."""
+class Labeled:
+    """A supervised step's inputs: features, their lengths and the target units."""
+
+    feats: torch.Tensor
+    lens: torch.Tensor
+    targets: list[list[int]]
+
+
+@dataclass
+class Unlabeled:
+    """An SSL step's inputs: features, their lengths and the cut ids (HuBERT looks its targets up by them)."""
+
+    feats: torch.Tensor
+    lens: torch.Tensor
+    ids: list[str]
+
+
+@dataclass
+class Steps:
+    """One whole training step of each kind on given inputs, with a model, its optimiser and, in fp16, the
+    gradient scaler."""
 
     cfg: Config
     device: torch.device
     model: ASRModel
     optimizer: torch.optim.Optimizer
-    labeled: tuple[torch.Tensor, torch.Tensor]
-    unlabeled: tuple[torch.Tensor, torch.Tensor]
-    targets: list[list[int]]
-    utt_seconds: float
+    scaler: torch.amp.GradScaler | None
 
     @property
     def groups(self) -> dict[str, list[torch.Tensor]]:
         return {g["name"]: g["params"] for g in self.optimizer.param_groups}
 
-    @property
-    def batch_seconds(self) -> float:
-        return len(self.labeled[0]) * self.utt_seconds
+    def f(self, x: Labeled) -> torch.Tensor:
+        t = self.cfg.train
+        return f_objective(Objectives(self.model), x.feats, x.lens, x.targets, Dist(), self.device, t.amp,
+                           t.amp_dtype)
 
-    def f(self) -> torch.Tensor:
-        return f_objective(Objectives(self.model), *self.labeled, self.targets, Dist(), self.device, amp=False)
-
-    def g(self) -> torch.Tensor:
+    def g(self, x: Unlabeled) -> torch.Tensor:
         # The same masks every step (a fresh generator), so every repeat does the same work.
-        g, _ = g_objective(Objectives(self.model), *self.unlabeled, torch.Generator().manual_seed(1), Dist(),
-                           self.device, amp=False, ids=[f"bench-{i}" for i in range(len(self.unlabeled[0]))])
+        t = self.cfg.train
+        g, _ = g_objective(Objectives(self.model), x.feats, x.lens, torch.Generator().manual_seed(1), Dist(),
+                           self.device, t.amp, ids=x.ids, amp_dtype=t.amp_dtype)
         return g
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def update(self, names: tuple[str, ...]) -> None:
         """``Run.step`` on one process: drop the other groups' gradients, clip each stepping group on its
@@ -94,28 +135,55 @@ class Bench:
             else:
                 for p in params:
                     p.grad = None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         clip_groups(stepping, self.cfg.optim.clip_grad_norm)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def supervised(self) -> None:
-        self.f().backward()
+    def supervised(self, x: Labeled) -> None:
+        self.backward(self.f(x))
         self.update(("theta", "phi"))
 
-    def ssl(self) -> None:
-        self.g().backward()
+    def ssl(self, x: Unlabeled) -> None:
+        self.backward(self.g(x))
         self.update(("theta", "eta"))
 
-    def joint(self) -> None:
+    def joint(self, x: Labeled, u: Unlabeled) -> None:
         groups = self.groups
-        self.f().backward()  # ∇f into θ and φ; f's graph is freed before g's is built
-        penalised_backward(self.g(), groups["theta"], groups["eta"], theta_weight=JOINT_GAMMA, eta_weight=1.0,
-                           health=True)
+        self.backward(self.f(x))  # ∇f into θ and φ; f's graph is freed before g's is built
+        with penalised_gradients(groups["theta"], groups["eta"], theta_weight=JOINT_GAMMA, eta_weight=1.0,
+                                 health=True, scaler=self.scaler):
+            self.backward(self.g(u))
         self.update(("theta", "phi", "eta"))
+
+
+def _batch(seconds: float, utt_seconds: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(1, int(seconds // utt_seconds))
+    frames = int(utt_seconds * 100)
+    return torch.randn(n, frames, 80, generator=gen), torch.full((n,), frames)
+
+
+@dataclass
+class Bench(Steps):
+    """``Steps`` with fixed batches; ``steps`` holds one whole training step of each kind on them."""
+
+    labeled: Labeled
+    unlabeled: Unlabeled
+    utt_seconds: float
+
+    @property
+    def batch_seconds(self) -> float:
+        return len(self.labeled.feats) * self.utt_seconds
 
     @property
     def steps(self) -> dict[str, Callable[[], None]]:
-        return {"supervised": self.supervised, "ssl": self.ssl, "joint": self.joint}
+        return {"supervised": lambda: self.supervised(self.labeled), "ssl": lambda: self.ssl(self.unlabeled),
+                "joint": lambda: self.joint(self.labeled, self.unlabeled)}
 
 
 def make_bench(cfg: Config, batch_seconds: float = 60.0, utt_seconds: float = 5.0,
@@ -128,8 +196,9 @@ def make_bench(cfg: Config, batch_seconds: float = 60.0, utt_seconds: float = 5.
     model = ASRModel(cfg, 30, ssl=True, ssl_targets=_random_targets(cfg, unl[1], gen)).to(dev)
     optimizer = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
     targets = [list(torch.randint(2, 29, (int(utt_seconds * 12),), generator=gen).tolist()) for _ in range(len(lab[0]))]
-    return Bench(cfg, dev, model, optimizer, (lab[0].to(dev), lab[1].to(dev)), (unl[0].to(dev), unl[1].to(dev)),
-                 targets, utt_seconds)
+    return Bench(cfg, dev, model, optimizer, grad_scaler(dev, cfg.train.amp, cfg.train.amp_dtype),
+                 Labeled(lab[0].to(dev), lab[1].to(dev), targets),
+                 Unlabeled(unl[0].to(dev), unl[1].to(dev), [f"bench-{i}" for i in range(len(unl[0]))]), utt_seconds)
 
 
 def _random_targets(cfg: Config, lens: torch.Tensor, gen: torch.Generator):
@@ -137,8 +206,6 @@ def _random_targets(cfg: Config, lens: torch.Tensor, gen: torch.Generator):
     the loss what real ones do."""
     if cfg.ssl.loss != "hubert":
         return None
-    from pathlib import Path
-
     from bljust.models.subsampling import subsampled_lengths
     from bljust.ssl_targets import Targets
 
@@ -164,7 +231,7 @@ def cpu_peak_bytes(prof: profile) -> int:
     return peak
 
 
-def peak_memory(fn: Callable[[], None], device: torch.device) -> int:
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     """Bytes: the peak of memory allocated during ``fn()`` above what was allocated before it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -205,10 +272,54 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cpu_flash_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_flash_attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# FlopCounterMode counts the CUDA attention kernels but not the CPU's; the CPU kernel does the same work.
+CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention,
+                       torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                           _cpu_flash_attention_backward}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """The FLOPs ``FlopCounterMode`` counts in one call of ``fn`` (its forward and backward passes alike)."""
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, trials: int = 10,
+                min_seconds: float = 0.05) -> float:
+    """FLOP/s: the best of ``trials`` timed runs of n×n by n×n matmuls in ``dtype`` on ``device``, each run
+    repeating the product for at least ``min_seconds`` (n: 8192 on CUDA, 2048 elsewhere)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
+    out = torch.empty_like(a)
+
+    def timed(reps: int) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+        _sync(device)
+        return time.perf_counter() - start
+
+    timed(1)  # the first call pays for kernel selection and library set-up
+    reps = max(1, math.ceil(min_seconds / timed(1)))
+    return 2 * n ** 3 * reps / min(timed(reps) for _ in range(trials))
+
+
 def step_costs(cfg: Config, repeats: int = 10, batch_seconds: float = 60.0, utt_seconds: float = 5.0,
                device: str | torch.device | None = None) -> dict:
-    """Median seconds of each step kind over ``repeats`` interleaved rounds (after one warm-up round),
-    then each kind's peak memory in an untimed pass."""
+    """Median seconds of each step kind over ``repeats`` interleaved rounds (after one warm-up round), then
+    each kind's peak memory and FLOPs in untimed passes, and the matmul peak of the step's precision."""
     b = make_bench(cfg, batch_seconds, utt_seconds, device)
     steps = b.steps
     times: dict[str, list[float]] = {k: [] for k in steps}
@@ -221,28 +332,112 @@ def step_costs(cfg: Config, repeats: int = 10, batch_seconds: float = 60.0, utt_
             if r:  # the first round warms up allocators and kernels and creates the optimiser state
                 times[name].append(time.perf_counter() - start)
     peak = {name: peak_memory(fn, b.device) for name, fn in steps.items()}
+    flops = {name: count_flops(fn) for name, fn in steps.items()}
+    dtype = amp_dtype(b.device, cfg.train.amp, cfg.train.amp_dtype) or torch.float32
+    matmul = matmul_peak(b.device, dtype)
     med = {k: statistics.median(v) for k, v in times.items()}
     audio = b.batch_seconds
     return {"parameters": count_parameters(b.model), "batch_seconds": audio, "device": str(b.device),
-            "threads": torch.get_num_threads(), "repeats": repeats,
+            "threads": torch.get_num_threads(), "repeats": repeats, "dtype": str(dtype).removeprefix("torch."),
             "median_seconds": med, "audio_s_per_s": {k: audio / v for k, v in med.items()},
             "joint_over_sum": med["joint"] / (med["supervised"] + med["ssl"]),
             "peak_bytes": peak, "joint_peak_over_max": peak["joint"] / max(peak["supervised"], peak["ssl"], 1),
-            "ssl_loss": cfg.ssl.loss}
+            "flops": flops, "flop_per_s": {k: flops[k] / med[k] for k in KINDS}, "matmul_flop_per_s": matmul,
+            "utilisation": {k: 100 * flops[k] / med[k] / matmul for k in KINDS}, "ssl_loss": cfg.ssl.loss}
 
 
-def main(config: str | None, overrides: list[str], repeats: int) -> str:
-    """The report; the device is ``train.device`` (``--set train.device=cpu|cuda``; auto picks CUDA when present)."""
+def data_wait(cfg: Config, data_dir: str | Path, steps: int = 20) -> dict:
+    """The share of step time spent fetching batches from the real pipeline on ``data_dir``, per step kind,
+    over ``steps`` interleaved steps of each kind after one warm-up round (which starts the loader workers)."""
+    from bljust.engine.run import Run
+
+    # Run sets torch's threads from the config; the bench's own setting (--threads) holds for both parts.
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=torch.get_num_threads()))
+    with tempfile.TemporaryDirectory(prefix="bljust-bench-") as run_dir:
+        run = Run(cfg, data_dir, run_dir, method="bench", ssl=True)
+        try:
+            run.add_stream("labeled", run.labeled)
+            run.add_stream("unlabeled", run.load_unlabeled(), seed_offset=1)
+            s = Steps(cfg, run.device, run.model, run.optimizer, run.scaler)
+
+            def fetch(name: str) -> dict:
+                while (batch := run.next_batch(name)) is None:  # a batch none of whose audio loaded
+                    pass
+                return batch
+
+            def labeled(batch: dict) -> Labeled:
+                feats, lens = run.features(batch, stream=0)
+                return Labeled(feats, lens, [run.tokenizer.encode(t) for t in batch["texts"]])
+
+            def unlabeled(batch: dict) -> Unlabeled:
+                # no SpecAugment, as in the methods' g: the SSL loss masks its own input
+                feats, lens = run.features(batch, stream=1, augment=False)
+                return Unlabeled(feats, lens, batch["ids"])
+
+            take = {"supervised": lambda lab: s.supervised(labeled(lab)), "ssl": lambda unl: s.ssl(unlabeled(unl)),
+                    "joint": lambda lab, unl: s.joint(labeled(lab), unlabeled(unl))}
+            wait = {k: 0.0 for k in KINDS}
+            total = {k: 0.0 for k in KINDS}
+            audio = {k: 0.0 for k in KINDS}
+            for r in range(steps + 1):
+                for kind in KINDS:
+                    _sync(run.device)
+                    start = time.perf_counter()
+                    batches = [fetch(name) for name in STREAMS[kind]]
+                    fetched = time.perf_counter()
+                    take[kind](*batches)
+                    _sync(run.device)
+                    if r:  # the first round starts the loader workers
+                        wait[kind] += fetched - start
+                        total[kind] += time.perf_counter() - start
+                        audio[kind] += sum(batch["seconds"] for batch in batches)
+        finally:
+            run.close()
+    return {"data_dir": str(data_dir), "steps": steps, "num_workers": cfg.data.num_workers,
+            "wait_seconds": wait, "step_seconds": {k: total[k] / steps for k in KINDS},
+            "audio_seconds": {k: audio[k] / steps for k in KINDS},
+            "wait_percent": {k: 100 * wait[k] / total[k] for k in KINDS}}
+
+
+def _goal(met: bool) -> str:
+    return "met" if met else "not met"
+
+
+def main(config: str | None, overrides: list[str], repeats: int, data: str | None = None,
+         data_steps: int = 20) -> str:
+    """The report; the device is ``train.device`` (``--set train.device=cpu|cuda``; auto picks CUDA when present).
+    With ``data``, the data wait of ``data_steps`` steps per kind on that data directory."""
     cfg = load_config(config, overrides)
     r = step_costs(cfg, repeats=repeats)
+    d = data_wait(cfg, data, data_steps) if data is not None else None
+    scale, unit = (1e12, "TFLOP/s") if r["device"].startswith("cuda") else (1e9, "GFLOP/s")
     lines = [f"model: {cfg.model.arch} d{cfg.model.d_model}×{cfg.model.num_layers}, {r['parameters'] / 1e6:.2f} M "
              f"parameters (incl. the {r['ssl_loss']} head); batch {r['batch_seconds']:.0f} s of audio; "
-             f"{r['device']}, {r['threads']} thread(s); median of {r['repeats']} interleaved repeats; "
-             f"peak memory above the live model, optimiser state and batches, in a separate untimed pass",
-             "| step | seconds | audio-s per s | peak MiB |", "|---|---|---|---|"]
+             f"{r['device']}, {r['threads']} thread(s), {r['dtype']}; median of {r['repeats']} interleaved repeats; "
+             f"peak memory above the live model, optimiser state and batches, FLOPs (FlopCounterMode: matmuls, "
+             f"convolutions, attention) each in a separate untimed pass",
+             f"| step | seconds | audio-s per s | peak MiB | GFLOP per step | {unit} | utilisation % | data wait % |",
+             "|---|---|---|---|---|---|---|---|"]
     for k in KINDS:
+        wait = f"{d['wait_percent'][k]:.1f}" if d is not None else "–"
         lines.append(f"| {k} | {r['median_seconds'][k]:.3f} | {r['audio_s_per_s'][k]:.0f} | "
-                     f"{r['peak_bytes'][k] / MIB:.1f} |")
-    lines.append(f"joint step / (supervised step + SSL step) = {r['joint_over_sum']:.3f}")
+                     f"{r['peak_bytes'][k] / MIB:.1f} | {r['flops'][k] / 1e9:.2f} | {r['flop_per_s'][k] / scale:.2f} | "
+                     f"{r['utilisation'][k]:.1f} | {wait} |")
+    lines.append(f"utilisation: achieved FLOP/s over the best {r['dtype']} square-matmul rate measured here, "
+                 f"{r['matmul_flop_per_s'] / scale:.1f} {unit}")
+    lines.append(f"joint step / (supervised step + SSL step) = {r['joint_over_sum']:.3f} "
+                 f"(goal ≤ {JOINT_GOAL}: {_goal(r['joint_over_sum'] <= JOINT_GOAL)})")
     lines.append(f"joint peak / max(supervised peak, SSL peak) = {r['joint_peak_over_max']:.3f}")
+    if d is None:
+        lines.append("data wait: not measured (pass --data)")
+    else:
+        worst = max(KINDS, key=lambda k: d["wait_percent"][k])
+        lines.append(f"data wait: time blocked fetching batches as a share of step time (fetch + compute), over "
+                     f"{d['steps']} interleaved steps per kind on {d['data_dir']} (data.num_workers="
+                     f"{d['num_workers']}); mean step there: " + ", ".join(
+                         f"{k} {d['step_seconds'][k]:.3f} s for {d['audio_seconds'][k]:.0f} s of audio"
+                         for k in KINDS))
+        share = d["wait_percent"][worst]
+        lines.append(f"data wait goal ≤ {DATA_WAIT_GOAL:g} % of step time: {_goal(share <= DATA_WAIT_GOAL)} "
+                     f"(worst: {worst}, {share:.1f} %)")
     return "\n".join(lines)

@@ -49,21 +49,24 @@ def cmd_corpus_import(args) -> int:
     from bljust.data import importers
 
     labeled = False if args.unlabeled else None
+    if args.part and not args.lhotse_dir:
+        raise SystemExit("bljust corpus import: --part names parts of --lhotse-dir; give --lhotse-dir too")
     if args.audio_dir:
         report = importers.import_folder(Path(args.audio_dir), Path(args.out_dir), args.split,
                                          transcripts=Path(args.transcripts) if args.transcripts else None,
-                                         resample=args.resample)
-    else:
-        if args.manifests:
-            rec, sup = (Path(p) for p in args.manifests)
-        elif args.lhotse_dir:
-            if not args.part:
-                raise SystemExit("bljust corpus import: --lhotse-dir needs --part (e.g. train-clean-100)")
-            rec, sup = importers.find_lhotse_manifests(Path(args.lhotse_dir), args.part)
-        else:
-            raise SystemExit("bljust corpus import: give --audio-dir, --manifests REC SUP, or --lhotse-dir DIR --part P")
+                                         resample=args.resample, window_seconds=args.window_seconds)
+    elif args.manifests:
+        rec, sup = (Path(p) for p in args.manifests)
         report = importers.import_lhotse_manifests(rec, sup, Path(args.out_dir), args.split, labeled=labeled,
-                                                   resample=args.resample)
+                                                   resample=args.resample, window_seconds=args.window_seconds)
+    elif args.lhotse_dir:
+        if not args.part:
+            raise SystemExit("bljust corpus import: --lhotse-dir needs --part (e.g. train-clean-100)")
+        report = importers.import_lhotse_parts(Path(args.lhotse_dir), args.part, Path(args.out_dir), args.split,
+                                               labeled=labeled, resample=args.resample,
+                                               window_seconds=args.window_seconds)
+    else:
+        raise SystemExit("bljust corpus import: give --audio-dir, --manifests REC SUP, or --lhotse-dir DIR --part P")
     print(report.summary())
     return 0
 
@@ -265,7 +268,7 @@ def cmd_bench(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(bench_main(args.config, args.set or [], args.repeats))
+    print(bench_main(args.config, args.set or [], args.repeats, args.data, args.data_steps))
     return 0
 
 
@@ -310,18 +313,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = corpus.add_parser("import", help="import lhotse manifests or a folder of audio as one split")
     i.add_argument("out_dir")
+    # (bljust.data.manifests' SPLITS and OPTIONAL_SPLITS, spelt out so that the parser does not import lhotse)
     i.add_argument("--split", required=True,
-                   choices=["labeled", "unlabeled", "dev", "test", "test_unseen", "unlabeled_text"],
+                   choices=["labeled", "unlabeled", "dev", "test", "test_unseen", "unlabeled_text", "dev_other",
+                            "test_other"],
                    help="test_unseen: a second test set (e.g. voices no other split has); unlabeled_text: the "
-                        "unlabeled split's transcripts, for compare's topline")
+                        "unlabeled split's transcripts, for compare's topline; dev_other, test_other: "
+                        "LibriSpeech's harder dev and test sets")
     i.add_argument("--manifests", nargs=2, metavar=("RECORDINGS", "SUPERVISIONS"),
                    help="a lhotse recordings and supervisions manifest")
     i.add_argument("--lhotse-dir", help="output directory of 'lhotse prepare ...'")
-    i.add_argument("--part", help="which part of --lhotse-dir, e.g. train-clean-100")
+    i.add_argument("--part", nargs="+", metavar="PART",
+                   help="which part(s) of --lhotse-dir, e.g. train-clean-100; several are imported as one split "
+                        "(e.g. --part train-clean-360 train-other-500)")
     i.add_argument("--audio-dir", help="a folder of audio files (searched recursively)")
     i.add_argument("--transcripts", help="with --audio-dir: lines '<utt-id> <transcript>'")
     i.add_argument("--unlabeled", action="store_true", help="drop transcripts (use labeled data as unlabeled)")
     i.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz when loaded")
+    i.add_argument("--window-seconds", type=float, metavar="S",
+                   help="--split unlabeled only: cut every utterance longer than S seconds into back-to-back "
+                        "windows of S seconds (the last one shorter), one utterance each, e.g. 20 for "
+                        "LibriLight's recordings of minutes to hours, which the training duration filter "
+                        "would drop whole")
     i.set_defaults(func=cmd_corpus_import)
 
     c = corpus.add_parser("check", help="read every recording and utterance of a data directory; list what "
@@ -451,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", metavar="KEY=VALUE")
     b.add_argument("--repeats", type=int, default=10)
     b.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    b.add_argument("--data", metavar="DIR", help="a data directory: also measure the share of step time spent "
+                                                 "waiting for its batches, through the training data pipeline")
+    b.add_argument("--data-steps", type=int, default=20, help="steps per kind that measure the data wait")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -450,12 +450,21 @@ class TrainConfig:
     loss or gradient; each skipped step is logged with its batch's cut ids."""
     num_threads: int = 0
     """torch intra-op threads per process (0: leave torch's default)."""
+    accum_steps: int = 1
+    """Batches per process whose gradients one optimiser step sums (gradient accumulation): a step trains on
+    accum_steps × processes × data.max_duration seconds of audio per stream, holding one batch's graph at a time.
+    Budgets count optimiser steps, so a step then reads accum_steps batches of each stream it uses."""
+    ema_decay: float = 0.0
+    """> 0: keep an exponential moving average of the weights (decay per optimiser step, e.g. 0.999; icefall
+    evaluates averaged weights); validation, best.pt and pseudo-labeling then use the average. 0: off."""
     dist_timeout: float = 1800.0
     """Seconds a collective waits for the other processes (torchrun) before the run fails instead of hanging."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps must be >= 1")
         _check(self.dist_timeout > 0, "train.dist_timeout must be > 0")
+        _check(self.accum_steps >= 1, "train.accum_steps must be >= 1")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
         _check(self.valid_every >= 1 and self.checkpoint_every >= 1 and self.log_every >= 1,
                "train.valid_every, train.checkpoint_every and train.log_every must be >= 1")
         _check(self.keep_last >= 1, "train.keep_last must be >= 1")

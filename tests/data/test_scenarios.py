@@ -186,7 +186,7 @@ def _check_no_scored_leak(out: Path) -> None:
 def test_in_domain_splits_and_speakers(in_domain):
     out, summary = in_domain
     names = sorted(p.name for p in out.glob("*.jsonl.gz"))
-    assert names == sorted(f"{s}_{k}.jsonl.gz" for s in (*SPLITS, *OPTIONAL_SPLITS)
+    assert names == sorted(f"{s}_{k}.jsonl.gz" for s in (*SPLITS, "test_unseen", "unlabeled_text")
                            for k in ("recordings", "supervisions"))
     cuts = _all_cuts(out)
     pool = make_speakers(0, test_unseen=True)

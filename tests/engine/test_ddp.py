@@ -5,7 +5,7 @@ PBGD's step scaling).
 Each process runs the training code's own pieces: the model's ``Objectives`` under
 ``DistributedDataParallel`` (``wrap_ddp``: gradients summed during the backward pass), ``f_objective``
 and ``g_objective`` (normalised by counts summed over processes), for a joint step f's backward under
-``no_sync`` and then ``penalised_backward``, ``clip_groups`` with a clip value that clips, and the
+``no_sync`` and then g's inside ``penalised_gradients``, ``clip_groups`` with a clip value that clips, and the
 optimiser step.
 
 The SSL loss draws its masks from a generator per process (``step_generator(seed, step, rank, 2)``),
@@ -13,7 +13,7 @@ and the contrastive losses draw their negatives from the process's own batch. Th
 is therefore defined by the ranks: each half with its rank's generator (its masks, its negative
 pool), ``Σ_r loss_sum_r / Σ_r count_r``. The single-process reference computes exactly that with
 ``model.ssl`` on each half, then takes the gradient of the whole with plain autograd, so the reference
-relies neither on DDP nor on ``penalised_backward``.
+relies neither on DDP nor on ``penalised_gradients``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 
 from bljust.config import load_config
 from bljust.engine.dist import Dist, wrap_ddp
-from bljust.engine.objectives import Objectives, f_objective, g_objective, penalised_backward, step_generator
+from bljust.engine.objectives import Objectives, f_objective, g_objective, penalised_gradients, step_generator
 from bljust.engine.optim import build_optimizer, clip_groups
 from bljust.models.asr import ASRModel
 from tests.conftest import TINY
@@ -117,9 +117,9 @@ def _ddp_step(case, rank: int, dist: Dist) -> dict:
     else:  # as BL-JUST's joint step: f's gradient stays local, g's backward sums both
         with net.no_sync():
             (f_scale * f_objective(net, *lab, dist, CPU, amp=False)).backward()
-        g, _ = g_objective(net, *unl, _ssl_generator(rank), dist, CPU, amp=False)
-        penalised_backward(g, groups["theta"], groups["eta"], theta_weight=theta_weight, eta_weight=eta_weight,
-                           f_scale=f_scale)
+        with penalised_gradients(groups["theta"], groups["eta"], theta_weight=theta_weight, eta_weight=eta_weight,
+                                 f_scale=f_scale):
+            g_objective(net, *unl, _ssl_generator(rank), dist, CPU, amp=False)[0].backward()
     return _finish(model, opt, cfg, kind, dist)
 
 
@@ -221,8 +221,9 @@ def test_a_skipped_step_names_the_batches_of_every_rank(ddp_results):
 
 
 TORCHRUN = {
+    # with two micro-batches per step and an averaged model, which validation decodes
     "bljust": ["train.max_steps=8", "bljust.outer_epochs=1", "bljust.explore_steps=2", "bljust.joint_steps=4",
-               "bljust.finetune_steps=2"],
+               "bljust.finetune_steps=2", "train.accum_steps=2", "train.ema_decay=0.5"],
     "pl": ["train.max_steps=6", "pl.rounds=1", "pl.seed_fraction=0.5", "pl.min_chars_per_second=0", "pl.decode=lm",
            "decode.lm_weights=[0.5, 1.0]", "decode.word_scores=[4.0]"],
 }
@@ -261,6 +262,14 @@ def test_torchrun_trains_every_step_kind_and_decodes_sharded(method, tiny_corpus
     assert [x["step"] for x in dev if "cer" in x] == [4, 8] if method == "bljust" else [4, 6]
     if method == "bljust":
         assert {x["phase"] for x in records if x["kind"] == "train"} == {"explore", "joint", "finetune"}
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["labeled_batches"] == 2 * (4 + 2) and summary["unlabeled_batches"] == 2 * (2 + 4)
+        # best.pt holds the averaged weights of its step, not the trained ones
+        best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+        then = torch.load(tmp_path / "run" / "checkpoints" / f"step-{best['step']:07d}.pt", weights_only=True)
+        averaged = {k.removeprefix("module."): v for k, v in then["ema"].items() if k.startswith("module.")}
+        assert all(torch.equal(v, averaged[k]) for k, v in best["model"].items())
+        assert any(not torch.equal(v, then["model"][k]) for k, v in best["model"].items())
         assert all(math.isfinite(x["g_heldout"]) for x in dev)
         assert all("grad_cos" in x for x in records if x["kind"] == "train" and x["phase"] == "joint")
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
@@ -274,3 +283,88 @@ def test_torchrun_trains_every_step_kind_and_decodes_sharded(method, tiny_corpus
         one = METHODS["pl"](load_config(TINY, settings), tiny_corpus, tmp_path / "one")["pseudo_labels"]["round1"]
         assert two["decoded"] == one["decoded"] > 0
         assert two["lm_weight"] in (0.5, 1.0)
+
+
+def _accum_run(model, net, cfg, dist: Dist):
+    """The parts of a ``Run`` that ``Run.f_backward`` and ``Run.g_backward`` use, on fixed micro-batches."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from bljust.engine.run import Run
+
+    run = SimpleNamespace(cfg=cfg, dist=dist, device=CPU, net=net,
+                          tokenizer=SimpleNamespace(encode=lambda text: [int(x) for x in text.split()]))
+    run.features = lambda batch, stream=0, augment=True, micro=0: (batch["feats"], batch["lens"])
+    run.no_sync = lambda: net.no_sync() if dist.enabled else nullcontext()
+    run._micro = lambda i, n: Run._micro(run, i, n)
+    run.backward = lambda loss: loss.backward()
+    run._g_loss = lambda batch, micro=0, step_batches=1: g_objective(
+        net, batch["feats"], batch["lens"], step_generator(0, 0, dist.rank, 2 + 8 * micro), dist, CPU, amp=False)
+    return run
+
+
+def _micro_batches(rank: int) -> tuple[list[dict], list[dict]]:
+    """Rank ``rank``'s two labeled and two unlabeled micro-batches: one utterance each of its half."""
+    (lf, ll), (uf, ul), targets = _batches()
+    lab = [{"feats": lf[k:k + 1], "lens": ll[k:k + 1], "texts": [" ".join(map(str, targets[k]))]}
+           for k in (2 * rank, 2 * rank + 1)]
+    unl = [{"feats": uf[k:k + 1], "lens": ul[k:k + 1]} for k in (2 * rank, 2 * rank + 1)]
+    return lab, unl
+
+
+def _accum_worker(rank: int, init_file: str, out: str):
+    import torch.distributed as td
+
+    from bljust.engine.run import Run
+
+    torch.set_num_threads(1)
+    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    dist = Dist(rank, 2, rank)
+    cfg, model = _model("bestrq", "sgd")
+    cfg.train.amp = False  # float32, as the reference
+    net = wrap_ddp(Objectives(model), dist, CPU)
+    opt = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
+    groups = _groups(opt)
+    run = _accum_run(model, net, cfg, dist)
+    lab, unl = _micro_batches(rank)
+    with run.no_sync():  # BL-JUST's joint step, each stream's step in two micro-batches per process
+        f = Run.f_backward(run, lab)
+    with penalised_gradients(groups["theta"], groups["eta"], theta_weight=GAMMA, eta_weight=1.0):
+        g, _ = Run.g_backward(run, unl)
+    result = _finish(model, opt, cfg, "joint", dist)
+    torch.save({**result, "f": f, "g": g}, f"{out}.{rank}")
+    td.destroy_process_group()
+
+
+def test_accumulated_joint_step_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path):
+    """train.accum_steps=2 on 2 processes: f is per token of all 4 utterances (exact: the step of one batch
+    holding them all), g the mean over the 2 micro-steps of each one's g over both processes."""
+    mp.spawn(_accum_worker, args=(str(tmp_path / "init"), str(tmp_path / "acc")), nprocs=2, join=True)
+    cfg, model = _model("bestrq", "sgd")
+    opt = build_optimizer(model.param_groups(cfg.optim.lr), cfg.optim)
+    groups = _groups(opt)
+    (lf, ll), (uf, ul), targets = _batches()
+    f = f_objective(Objectives(model), lf, ll, targets, Dist(), CPU, amp=False)
+    g = 0.0
+    for micro in (0, 1):  # micro-step i takes utterance 2r + i of each rank r
+        sums, counts = [], []
+        for rank in (0, 1):
+            k = 2 * rank + micro
+            s, c, _ = model.ssl(model.encoder, uf[k:k + 1], ul[k:k + 1], step_generator(0, 0, rank, 2 + 8 * micro))
+            sums.append(s)
+            counts.append(float(c))
+        g = g + (sums[0] + sums[1]) / sum(counts) / 2
+    upper = groups["theta"] + groups["phi"]
+    for p, d in zip(upper, torch.autograd.grad(f + GAMMA * g, upper, allow_unused=True, retain_graph=True)):
+        p.grad = d
+    for p, d in zip(groups["eta"], torch.autograd.grad(g, groups["eta"], allow_unused=True)):
+        p.grad = d
+    ref = _finish(model, opt, cfg, "joint", Dist())
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"acc.{rank}")
+        assert got["f"] == pytest.approx(f.item(), rel=1e-5) and got["g"] == pytest.approx(g.item(), rel=1e-5)
+        assert set(got["grads"]) == set(ref["grads"])
+        for k, v in ref["grads"].items():
+            torch.testing.assert_close(got["grads"][k], v, atol=ATOL, rtol=RTOL, msg=f"rank {rank} grad {k}")
+        for k, v in ref["state"].items():
+            torch.testing.assert_close(got["state"][k], v, atol=ATOL, rtol=RTOL, msg=f"rank {rank} {k}")

@@ -12,7 +12,7 @@ from lhotse import CutSet
 from bljust.checkpoint import load
 from bljust.config import BLJustConfig, OptimConfig, load_config
 from bljust.engine.dist import Dist
-from bljust.engine.objectives import Objectives, f_objective, penalised_backward
+from bljust.engine.objectives import Objectives, f_objective, penalised_gradients
 from bljust.engine.optim import build_optimizer, clip_groups, lr_factor
 from bljust.methods import bljust
 from bljust.methods.bljust import UNITS, Plan, gamma_at, learning_rate, make_plan, penalty_weights, plan_cost
@@ -50,8 +50,9 @@ def _joint(model, data, gamma, eta_weight=1.0, scale=1.0, g_factor=1.0):
     """A joint step's gradients as the methods set them: f's backward first, then g's graph."""
     theta, phi, eta = _groups(model)
     (scale * _f(model, data)).backward()
-    return penalised_backward(g_factor * _g(model, data), theta, eta, theta_weight=scale * gamma,
-                              eta_weight=eta_weight, f_scale=scale)
+    with penalised_gradients(theta, eta, theta_weight=scale * gamma, eta_weight=eta_weight, f_scale=scale) as health:
+        (g_factor * _g(model, data)).backward()
+    return health
 
 
 @pytest.mark.parametrize("loss", ["bestrq", "cpc", "wav2vec2"])

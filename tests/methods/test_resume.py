@@ -21,6 +21,8 @@ CASES = {
     "supervised": (["train.max_steps=6"], 5),
     # fp16 under a gradient scaler (CPU autocast has fp16 too): the scaler's factor is checkpointed
     "supervised-fp16": (["train.max_steps=6", "train.amp_dtype=fp16"], 5),
+    # two batches per step (gradient accumulation) and an averaged model (EMA), both checkpointed
+    "supervised-accum": (["train.max_steps=6", "train.accum_steps=2", "train.ema_decay=0.9"], 5),
     "bljust": (["train.max_steps=12", "bljust.outer_epochs=2", "bljust.explore_steps=2", "bljust.joint_steps=3",
                 "bljust.finetune_steps=2"], 9),           # dies in epoch 2's joint phase
     "ptft-pretrain": (["train.max_steps=8"], 3),          # dies while pre-training
@@ -68,6 +70,9 @@ def test_killed_run_resumes_exactly(case, tiny_corpus, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["streams"] == b["streams"] and a["method_state"] == b["method_state"]
     assert a["grad_scaler"] == b["grad_scaler"] and (a["grad_scaler"] is not None) == case.endswith("fp16")
+    assert (a["ema"] is not None) == (b["ema"] is not None) == case.endswith("accum")
+    for k in (a["ema"] or {}):
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
     ca, cb = dict(a["counters"]), dict(b["counters"])
     for c in (ca, cb):
         c.pop("train_seconds")

@@ -285,6 +285,7 @@ def _training_rules(cfg: Config, labeled_texts: list[str], notes: list[str]) -> 
               "tokenizer": tokenizer, "output_frames": output_frames}
     return {"labeled": {**limits, "needs_text": True, "tokenizer": tokenizer, "output_frames": output_frames},
             "unlabeled": {**limits, "needs_text": False}, "dev": scored, "test": scored, "test_unseen": scored,
+            "dev_other": scored, "test_other": scored,
             # the topline trains on it like the labeled split
             "unlabeled_text": {**limits, "needs_text": True, "tokenizer": tokenizer, "output_frames": output_frames}}
 

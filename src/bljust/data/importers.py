@@ -4,7 +4,8 @@ Two sources are supported:
 
 * :func:`import_lhotse_manifests` -- the output of any lhotse recipe (``lhotse prepare
   librispeech CORPUS OUT`` writes ``librispeech_recordings_dev-clean.jsonl.gz`` and
-  ``librispeech_supervisions_dev-clean.jsonl.gz``; :func:`find_lhotse_manifests` finds them);
+  ``librispeech_supervisions_dev-clean.jsonl.gz``; :func:`find_lhotse_manifests` finds them), or
+  with :func:`import_lhotse_parts` the union of several parts of one such output;
 * :func:`import_folder` -- a folder of audio files plus an optional transcript table.
 
 Every item is validated; a bad item is skipped with a reason that names its file (or id), and
@@ -13,7 +14,8 @@ item never stops an import. Audio is referenced in place by absolute path, never
 
 Split semantics (see :mod:`bljust.data.manifests`): ``labeled``, ``dev`` and ``test`` need a
 transcript for every utterance; ``unlabeled`` supervisions carry no text, so importing into
-``unlabeled`` always drops the text (and word alignments) of the source.
+``unlabeled`` always drops the text (and word alignments) of the source. An unlabeled import
+can cut long utterances into fixed windows (``window_seconds``), one utterance per window.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import math
 import re
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
-from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse import MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.utils import fastcopy
 
 from bljust.data.manifests import OPTIONAL_SPLITS, SAMPLE_RATE, SPLITS, has_split, write_split
@@ -39,8 +42,8 @@ from bljust.data.text import normalize_transcript
 
 log = logging.getLogger("bljust.data")
 
-__all__ = ["ImportReport", "import_lhotse_manifests", "import_folder", "find_lhotse_manifests",
-           "AUDIO_EXTENSIONS"]
+__all__ = ["ImportReport", "import_lhotse_manifests", "import_lhotse_parts", "import_folder",
+           "find_lhotse_manifests", "AUDIO_EXTENSIONS"]
 
 # Extensions import_folder treats as audio: what libsndfile (soundfile) reads, minus formats that
 # are rarely speech audio (.htk holds features, .mat/.raw have no usable header).
@@ -94,6 +97,11 @@ class ImportReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or id, reason)
     # the category of each entry of ``skipped`` (same order), for the summary line
     skip_kinds: list[str] = field(default_factory=list, repr=False, compare=False)
+    # windowing: the window length (None: none), the utterances longer than it that were cut into
+    # windows, and the windows cut from them (counted in ``kept``)
+    window_seconds: float | None = None
+    windowed: int = 0
+    windows: int = 0
 
     def skip(self, item: str, reason: str, kind: str = "other") -> None:
         self.skipped.append((str(item), reason))
@@ -108,6 +116,9 @@ class ImportReport:
 
     def summary(self) -> str:
         head = f"{self.split}: kept {self.kept} utterances ({self.kept_seconds / 3600:.2f} h)"
+        if self.windowed:
+            head += (f", {self.windows} of them windows of at most {self.window_seconds:g} s cut from "
+                     f"{self.windowed} longer utterance{'s' if self.windowed > 1 else ''}")
         if not self.skipped:
             return head + "; skipped 0"
         parts = [f"{n} {kind if n == 1 else _PLURALS.get(kind, kind)}"
@@ -261,14 +272,51 @@ def _resolve_labeled(split: str, labeled: bool | None) -> bool:
     return True
 
 
+def _check_window(split: str, keep_text: bool, window_seconds: float | None) -> None:
+    """Raise unless ``window_seconds`` is None or a positive length for a split without transcripts."""
+    if window_seconds is None:
+        return
+    if not (math.isfinite(window_seconds) and window_seconds > 0):
+        raise ValueError(f"the window length must be a positive number of seconds, got {window_seconds}")
+    if keep_text:
+        raise ValueError(f"cannot cut the {split!r} split into windows: a window boundary would cut through "
+                         f"the words of its transcripts; only the 'unlabeled' split can be windowed")
+
+
+def _cut_into_windows(report: ImportReport, recordings: list[Recording],
+                      supervisions: list[SupervisionSegment], seconds: float) -> list[SupervisionSegment]:
+    """``supervisions`` with every one longer than ``seconds`` replaced by one per window of lhotse's
+    ``cut_into_windows`` (back to back, the last one shorter), ids ``<supervision id>-<i>`` as lhotse
+    names them. A long recording (LibriLight's last minutes to hours) then trains as many utterances
+    instead of being dropped whole by the training duration filter."""
+    by_id = {r.id: r for r in recordings}
+    out: list[SupervisionSegment] = []
+    for sup in supervisions:
+        if sup.duration <= seconds:
+            out.append(sup)
+            continue
+        rec = by_id[sup.recording_id]
+        cut = MonoCut(id=sup.id, start=sup.start, duration=sup.duration, channel=rec.channel_ids[0],
+                      recording=rec)
+        windows = cut.cut_into_windows(seconds)
+        out += [fastcopy(sup, id=w.id, start=w.start, duration=w.duration) for w in windows]
+        report.windowed += 1
+        report.windows += len(windows)
+    return out
+
+
 def _finish(report: ImportReport, out_dir: Path, recordings: list[Recording],
-            supervisions: list[SupervisionSegment], what: str) -> ImportReport:
+            supervisions: list[SupervisionSegment], what: str,
+            window_seconds: float | None = None) -> ImportReport:
     if not supervisions:
         if report.skipped:
             first = "; ".join(f"{item}: {reason}" for item, reason in report.skipped[:5])
             raise ValueError(f"nothing to import into {report.split!r} from {what}: all "
                              f"{len(report.skipped)} item(s) were skipped. First reasons: {first}")
         raise ValueError(f"nothing to import into {report.split!r}: {what} holds no utterances")
+    if window_seconds is not None:
+        report.window_seconds = window_seconds
+        supervisions = _cut_into_windows(report, recordings, supervisions, window_seconds)
     used = {s.recording_id for s in supervisions}
     recordings = [r for r in recordings if r.id in used]
     report.kept = len(supervisions)
@@ -368,7 +416,7 @@ def _absolute_sources(rec: Recording, manifest_dir: Path) -> Recording:
 
 def import_lhotse_manifests(recordings: Path, supervisions: Path, out_dir: Path, split: str, *,
                             labeled: bool | None = None, resample: bool = False,
-                            check_audio: bool = True) -> ImportReport:
+                            check_audio: bool = True, window_seconds: float | None = None) -> ImportReport:
     """Import a lhotse recipe's manifests as ``split`` of the data directory ``out_dir``.
 
     ``labeled=None`` keeps the text when the split is labeled (``labeled``/``dev``/``test``);
@@ -376,15 +424,78 @@ def import_lhotse_manifests(recordings: Path, supervisions: Path, out_dir: Path,
     labeled corpus as unlabeled data. ``resample=True`` keeps audio at other sample rates with
     lhotse's on-the-fly resampling to 16 kHz. ``check_audio=True`` opens every audio file
     (header plus first and last block); ``False`` trusts the manifest but still checks that
-    files exist. Returns an :class:`ImportReport`; raises ``ValueError`` when nothing is usable.
+    files exist. ``window_seconds`` (the unlabeled split only) cuts every utterance longer than
+    that into windows of that length (lhotse's ``cut_into_windows``), one utterance each.
+    Returns an :class:`ImportReport`; raises ``ValueError`` when nothing is usable.
     """
-    recordings, supervisions, out_dir = Path(recordings), Path(supervisions), Path(out_dir)
+    return _import_manifests([(Path(recordings), Path(supervisions))], Path(out_dir), split, labeled=labeled,
+                             resample=resample, check_audio=check_audio, window_seconds=window_seconds)
+
+
+def import_lhotse_parts(lhotse_dir: Path, parts: Sequence[str], out_dir: Path, split: str, *,
+                        labeled: bool | None = None, resample: bool = False, check_audio: bool = True,
+                        window_seconds: float | None = None) -> ImportReport:
+    """Import the union of ``parts`` of one ``lhotse prepare`` output directory as ``split``.
+
+    E.g. LibriSpeech's ``train-clean-360`` and ``train-other-500`` as one 860-hour unlabeled split.
+    Each part's manifests are found by :func:`find_lhotse_manifests`; every part that lacks them
+    is named in one ``FileNotFoundError`` before any is read. A recording or supervision id that
+    two parts share is reported as a duplicate and kept once. Other arguments as for
+    :func:`import_lhotse_manifests`.
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("no part to import: name at least one part of the lhotse output (e.g. train-clean-100)")
+    repeated = sorted({p for p in parts if parts.count(p) > 1})
+    if repeated:
+        raise ValueError(f"part(s) named more than once: {', '.join(repeated)}")
+    if not Path(lhotse_dir).is_dir():
+        raise FileNotFoundError(f"no such directory: {lhotse_dir}")
+    pairs, missing = [], []
+    for part in parts:
+        try:
+            pairs.append(find_lhotse_manifests(Path(lhotse_dir), part))
+        except FileNotFoundError as err:
+            missing.append(str(err))
+    if missing:
+        raise FileNotFoundError("; ".join(missing))
+    return _import_manifests(pairs, Path(out_dir), split, labeled=labeled, resample=resample,
+                             check_audio=check_audio, window_seconds=window_seconds)
+
+
+@dataclass
+class _Kept:
+    """What the manifests imported so far kept, so that several parts make one split without duplicates."""
+
+    recordings: dict[str, Recording] = field(default_factory=dict)
+    manifest_of: dict[str, str] = field(default_factory=dict)  # recording id -> the manifest that had it
+    supervision_ids: set[str] = field(default_factory=set)
+    supervisions: list[SupervisionSegment] = field(default_factory=list)
+
+
+def _import_manifests(pairs: list[tuple[Path, Path]], out_dir: Path, split: str, *, labeled: bool | None,
+                      resample: bool, check_audio: bool, window_seconds: float | None) -> ImportReport:
+    """Check and import the union of ``(recordings, supervisions)`` manifest pairs as ``split``."""
     keep_text = _resolve_labeled(split, labeled)
-    for p in (recordings, supervisions):
+    _check_window(split, keep_text, window_seconds)
+    for p in (p for pair in pairs for p in pair):
         if not p.is_file():
             raise FileNotFoundError(f"no such lhotse manifest: {p}")
     report = ImportReport(split=split, kept=0, kept_seconds=0.0, skipped=[])
+    kept = _Kept()
+    for recordings, supervisions in pairs:
+        _import_pair(recordings, supervisions, report, kept, keep_text=keep_text, resample=resample,
+                     check_audio=check_audio)
+    what = "; ".join(f"{recordings} + {supervisions}" for recordings, supervisions in pairs)
+    return _finish(report, out_dir, list(kept.recordings.values()), kept.supervisions, what, window_seconds)
 
+
+def _import_pair(recordings: Path, supervisions: Path, report: ImportReport, kept: _Kept, *,
+                 keep_text: bool, resample: bool, check_audio: bool) -> None:
+    """Check one recordings and supervisions manifest pair; add what is usable to ``kept``, report the rest.
+
+    A supervision must refer to a recording of its own pair."""
+    split = report.split
     recs = _read_manifest(recordings, Recording, report, "recording")
     sups = _read_manifest(supervisions, SupervisionSegment, report, "supervision")
     sups_by_rec: dict[str, list[SupervisionSegment]] = {}
@@ -403,6 +514,11 @@ def import_lhotse_manifests(recordings: Path, supervisions: Path, out_dir: Path,
         n_sups = len(sups_by_rec.get(rec.id, []))
         if rec.id in good or rec.id in skipped_recs:
             report.skip(label, f"duplicate recording id {rec.id!r} in {recordings.name}", "duplicate id")
+            continue
+        if rec.id in kept.recordings:
+            report.skip(label, f"duplicate recording id {rec.id!r}: {kept.manifest_of[rec.id]} has it too "
+                               f"(kept from there)", "duplicate id")
+            skipped_recs.add(rec.id)
             continue
         try:
             for src in rec.sources:
@@ -426,8 +542,6 @@ def import_lhotse_manifests(recordings: Path, supervisions: Path, out_dir: Path,
             continue
         good[rec.id] = rec
 
-    kept_sups: list[SupervisionSegment] = []
-    seen_sups: set[str] = set()
     for sup in sups:
         rec = good.get(sup.recording_id)
         if rec is None:
@@ -438,7 +552,7 @@ def import_lhotse_manifests(recordings: Path, supervisions: Path, out_dir: Path,
         label = _rec_label(rec)
         item = label if sup.id == rec.id else f"{label} [{sup.id}]"
         try:
-            if sup.id in seen_sups:
+            if sup.id in kept.supervision_ids:
                 raise _Skip("duplicate id", f"duplicate supervision id {sup.id!r} in {supervisions.name}")
             sup = _check_segment(sup, rec)
             if keep_text:
@@ -448,8 +562,8 @@ def import_lhotse_manifests(recordings: Path, supervisions: Path, out_dir: Path,
         except _Skip as s:
             report.skip(item, s.reason, s.kind)
             continue
-        seen_sups.add(sup.id)
-        kept_sups.append(sup)
+        kept.supervision_ids.add(sup.id)
+        kept.supervisions.append(sup)
 
     # recordings without any supervision: whole-recording utterances when unlabeled, else reported
     for rec_id, rec in good.items():
@@ -458,10 +572,11 @@ def import_lhotse_manifests(recordings: Path, supervisions: Path, out_dir: Path,
         if keep_text:
             report.skip(_rec_label(rec), "no transcript: the recording has no supervision", "no transcript")
         else:
-            kept_sups.append(SupervisionSegment(id=rec.id, recording_id=rec.id, start=0.0,
-                                                duration=rec.duration, channel=0))
-
-    return _finish(report, out_dir, list(good.values()), kept_sups, f"{recordings} + {supervisions}")
+            kept.supervision_ids.add(rec.id)
+            kept.supervisions.append(SupervisionSegment(id=rec.id, recording_id=rec.id, start=0.0,
+                                                        duration=rec.duration, channel=0))
+    kept.recordings.update(good)
+    kept.manifest_of.update(dict.fromkeys(good, recordings.name))
 
 
 def _check_segment(sup: SupervisionSegment, rec: Recording) -> SupervisionSegment:
@@ -549,7 +664,8 @@ def _audio_files(audio_dir: Path) -> list[Path]:
 
 
 def import_folder(audio_dir: Path, out_dir: Path, split: str, *, transcripts: Path | None = None,
-                  resample: bool = False, check_audio: bool = True) -> ImportReport:
+                  resample: bool = False, check_audio: bool = True,
+                  window_seconds: float | None = None) -> ImportReport:
     """Import a folder (searched recursively) of audio files as ``split`` of ``out_dir``.
 
     The utterance id is the file stem and the speaker the parent directory's name. The optional
@@ -561,6 +677,7 @@ def import_folder(audio_dir: Path, out_dir: Path, split: str, *, transcripts: Pa
     """
     audio_dir, out_dir = Path(audio_dir).absolute(), Path(out_dir)
     keep_text = _resolve_labeled(split, None)
+    _check_window(split, keep_text, window_seconds)
     if keep_text and transcripts is None:
         raise ValueError(f"the {split!r} split needs transcripts: pass transcripts=<table>, or "
                          f"import the folder as split='unlabeled'")
@@ -626,4 +743,4 @@ def import_folder(audio_dir: Path, out_dir: Path, split: str, *, transcripts: Pa
             report.skip(f"{transcripts}:{line_no}", reason, "transcript without audio")
     # used_keys: a file can match its line under several key forms; a line used by a file whose
     # other problems skipped it still counts as matched (that file's skip is reported).
-    return _finish(report, out_dir, recordings, sups, str(audio_dir))
+    return _finish(report, out_dir, recordings, sups, str(audio_dir), window_seconds)

@@ -7,7 +7,9 @@ one loader serves all. Unlabeled supervisions carry no text.
 
 Besides the four splits every data directory has (:data:`SPLITS`), a synthesised corpus may
 have :data:`OPTIONAL_SPLITS`: ``test_unseen`` (scored, from speakers in no other split) and
-``unlabeled_text`` (the unlabeled recordings *with* transcripts, for topline runs only).
+``unlabeled_text`` (the unlabeled recordings *with* transcripts, for topline runs only); a
+LibriSpeech one (``scripts/prepare_librispeech.sh``) has ``dev_other`` and ``test_other``, the
+corpus's harder dev and test sets, scored like ``dev`` and ``test``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from lhotse import CutSet, RecordingSet, SupervisionSet
 
 SPLITS = ("labeled", "unlabeled", "dev", "test")
-OPTIONAL_SPLITS = ("test_unseen", "unlabeled_text")
+OPTIONAL_SPLITS = ("test_unseen", "unlabeled_text", "dev_other", "test_other")
 SAMPLE_RATE = 16000
 
 

@@ -9,7 +9,9 @@ process on the union of the batches.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -38,10 +40,12 @@ class Objectives(nn.Module):
 
 
 def f_objective(net: nn.Module, feats: Tensor, lens: Tensor, targets: list[list[int]], dist: Dist,
-                device: torch.device, amp: bool, amp_dtype: str = "auto") -> Tensor:
-    """f per target token of the global batch (tokens summed over processes). ``net``: ``Objectives``,
-    or DDP around it. Every method's f is this."""
-    tokens = all_reduce_sum(float(sum(len(t) for t in targets)), dist, device)
+                device: torch.device, amp: bool, amp_dtype: str = "auto", tokens: float | None = None) -> Tensor:
+    """f per target token of the global batch (tokens summed over processes; ``tokens``: a count given
+    instead, that of all the micro-batches of an accumulated step). ``net``: ``Objectives``, or DDP around
+    it. Every method's f is this."""
+    if tokens is None:
+        tokens = all_reduce_sum(float(sum(len(t) for t in targets)), dist, device)
     with autocast(device, amp, amp_dtype):
         return net("f", feats, lens, targets=targets) / tokens
 
@@ -57,42 +61,39 @@ def g_objective(net: nn.Module, feats: Tensor, lens: Tensor, generator: torch.Ge
     return loss_sum / max(total, 1.0), stats
 
 
-def penalised_backward(g: Tensor, theta: list[Tensor], eta: list[Tensor], *, theta_weight: float, eta_weight: float,
-                       f_scale: float = 1.0, health: bool = True,
-                       scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
-    """The second half of a joint step. Once the backward of ``f_scale·f`` (under DDP's ``no_sync``) has
-    left f_scale·∇f in θ and φ on this process, back-propagate g so that
+@contextlib.contextmanager
+def penalised_gradients(theta: list[Tensor], eta: list[Tensor], *, theta_weight: float, eta_weight: float,
+                        f_scale: float = 1.0, health: bool = True,
+                        scaler: torch.amp.GradScaler | None = None) -> Iterator[dict[str, float]]:
+    """The second half of a joint step. Once the backward passes of ``f_scale·f`` (under DDP's ``no_sync``)
+    have left f_scale·∇f in θ and φ on this process, the backward passes of g inside this context make
 
         θ ← f_scale·∇θ f + theta_weight·∇θ g,   φ ← f_scale·∇φ f,   η ← eta_weight·∇η g
 
-    summed over processes by this one backward pass. θ's share of ∇g is weighted by hooks on θ's
-    parameters, before it reaches their gradients (and DDP's buckets); η's gradient is scaled after.
+    summed over processes by the last of them. θ's share of ∇g is weighted by hooks on θ's parameters,
+    before it reaches their gradients (and DDP's buckets); η's gradient is scaled on exit.
 
     f's graph was freed by its backward pass before g's was built, so a joint step never holds both:
-    its peak memory is that of the larger of a supervised and an SSL step. With ``health``: ‖∇θ f‖,
-    ‖theta_weight·∇θ g‖ / f_scale and the cosine between ∇θ f and ∇θ g, on this process's batches
-    (∇f is read from θ's gradients before g's pass adds to them). ``scaler``: fp16's gradient scaler, which
-    scaled f's backward as well; its factor is divided out of the norms.
+    its peak memory is that of the larger of a supervised and an SSL step. Yields a dict that, with
+    ``health``, holds on exit ‖∇θ f‖, ‖γ·∇θ g‖ (γ = theta_weight / f_scale) and the cosine between
+    ∇θ f and ∇θ g, on this process's batches; ∇f is copied before g's passes add to it, and ∇g summed
+    over them (two copies of θ's gradient, on logging steps only). ``scaler``: fp16's gradient scaler,
+    which scaled f's backward too; its factor is divided out of the norms.
     """
-    dots, squares = [], []
     values: dict[str, float] = {}
-    norm_f = None
-    if health:
-        grads = [p.grad for p in theta if p.grad is not None]
-        norm_f = torch.stack(torch._foreach_norm(grads)).float().norm() if grads else torch.zeros(())
+    grad_f = [None if p.grad is None else p.grad.detach().clone() for p in theta] if health else []
+    grad_g: dict[int, Tensor] = {}
 
-    def weigh(p: Tensor):
+    def weigh(i: int):
         def hook(grad: Tensor) -> Tensor:
             if health:
-                squares.append(grad.float().square().sum())
-                if p.grad is not None:
-                    dots.append((p.grad.float() * grad.float()).sum())
+                grad_g[i] = grad if i not in grad_g else grad_g[i] + grad
             return grad * theta_weight
         return hook
 
-    handles = [p.register_hook(weigh(p)) for p in theta]
+    handles = [p.register_hook(weigh(i)) for i, p in enumerate(theta)]
     try:
-        (scaler.scale(g) if scaler is not None else g).backward()
+        yield values
     finally:
         for h in handles:
             h.remove()
@@ -100,16 +101,17 @@ def penalised_backward(g: Tensor, theta: list[Tensor], eta: list[Tensor], *, the
         if p.grad is not None:
             p.grad.mul_(eta_weight)
     if health:
-        zero = torch.zeros((), device=g.device)
+        zero = torch.zeros((), device=theta[0].device)
+        f_sq = [x.float().square().sum() for x in grad_f if x is not None]
+        dots = [(grad_f[i].float() * x.float()).sum() for i, x in grad_g.items() if grad_f[i] is not None]
+        norm_f = torch.stack(f_sq).sum().sqrt() if f_sq else zero
+        norm_g = torch.stack([x.float().square().sum() for x in grad_g.values()]).sum().sqrt() if grad_g else zero
         dot = torch.stack(dots).sum() if dots else zero
-        norm_g = torch.stack(squares).sum().sqrt() if squares else zero
         cos = dot / (norm_f * norm_g).clamp(min=1e-12)
-        norm_f, norm_g, cos = torch.stack([norm_f.to(zero.device), norm_g, cos]).tolist()  # one host sync
-        # the scaler's factor is in both ∇f and ∇g: it cancels in the cosine; theta_weight / f_scale is γ
-        factor = f_scale * (scaler.get_scale() if scaler is not None else 1.0)
-        values = {"grad_f_norm": norm_f / factor, "weighted_grad_g_norm": theta_weight * norm_g / factor,
-                  "grad_cos": cos}
-    return values
+        norm_f, norm_g, cos = torch.stack([norm_f, norm_g, cos]).tolist()  # one host sync
+        factor = scaler.get_scale() if scaler is not None else 1.0  # in ∇f and ∇g alike: it cancels in the cosine
+        values.update(grad_f_norm=norm_f / (f_scale * factor),
+                      weighted_grad_g_norm=theta_weight * norm_g / (f_scale * factor), grad_cos=cos)
 
 
 @dataclass

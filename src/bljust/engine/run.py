@@ -1,14 +1,14 @@
 """``Run``: what every training method sets up the same way.
 
 A method's file builds a ``Run`` with its typed state (a dataclass, checkpointed), adds its data
-streams, then writes its own loop with the run's helpers: ``f_loss``, ``g_loss``, ``backward``,
-``no_sync``, ``step``, ``after_step``. The run owns processes and devices, data, tokenizer, model,
+streams, then writes its own loop with the run's helpers: ``next_batches``, ``f_backward``,
+``g_backward``, ``no_sync``, ``step``, ``after_step``. The run owns processes and devices, data, tokenizer, model,
 optimiser, counters, metrics, validation and checkpoints, so a method differs from the supervised
 baseline only where the method differs.
 
 Distributed training runs on DistributedDataParallel (``engine.dist``): gradients are summed over the
 processes during the backward pass. A joint step back-propagates f under ``no_sync`` and g after it,
-so one all-reduce carries ∇f + γ∇g (``engine.objectives.penalised_backward``). Validation, held-out g
+so one all-reduce carries ∇f + γ∇g (``engine.objectives.penalised_gradients``). Validation, held-out g
 and pseudo-label decoding are sharded over the processes and gathered.
 """
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lhotse import CutSet
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from bljust.checkpoint import CheckpointManager, atomic_save, atomic_write_text, rng_state, set_rng_state
 from bljust.config import Config, dump_config, to_dict
@@ -170,6 +171,13 @@ class Run:
             restore_state(self.method_state, self.ckpt.get("method_state", {}))
             if self.scaler is not None and self.ckpt.get("grad_scaler"):
                 self.scaler.load_state_dict(self.ckpt["grad_scaler"])
+        # The evaluated model: an exponential moving average of the weights (train.ema_decay), or the model itself.
+        self.ema = None
+        if cfg.train.ema_decay > 0:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+            if self.ckpt is not None:
+                self.ema.load_state_dict(self.ckpt["ema"])
+        self.eval_model = self.ema.module if self.ema is not None else self.model
         # f and g go through one forward, the call DDP wraps (engine.objectives); self.model stays the bare model
         self.net = wrap_ddp(Objectives(self.model), self.dist, self.device)
         self.metrics = MetricsLogger(self.run_dir, self.dist.is_main, resume_step=self.counters.step)
@@ -225,10 +233,6 @@ class Run:
         groups = {g["name"]: g["params"] for g in self.optimizer.param_groups}
         return [groups[n] for n in names]
 
-    def value(self, loss: torch.Tensor) -> float:
-        """The global value of a loss normalised by a global count (the sum of every rank's share)."""
-        return all_reduce_sum(loss.item(), self.dist, self.device)
-
     def log_plan(self, text: str) -> None:
         if self.dist.is_main:
             log.info("%s plan: %s", self.method, text)
@@ -277,26 +281,64 @@ class Run:
         self._window = (self._window[0] + seconds, self._window[1])
         return batch
 
-    def features(self, batch: dict, stream: int = 0, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = step_generator(self.cfg.train.seed, self.counters.step, self.dist.rank, stream)
+    def next_batches(self, name: str) -> list[dict] | None:
+        """One optimiser step's batches of a stream (``train.accum_steps`` of them), or None on every rank when
+        any rank's batch failed to load entirely (the step is then not taken)."""
+        batches = [self.next_batch(name) for _ in range(self.cfg.train.accum_steps)]
+        return None if any(b is None for b in batches) else batches
+
+    def features(self, batch: dict, stream: int = 0, augment: bool = True,
+                 micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = step_generator(self.cfg.train.seed, self.counters.step, self.dist.rank, stream + 8 * micro)
         return make_features(self.model, batch, self.device, train=augment, cfg=self.cfg, generator=gen)
 
-    def f_loss(self, batch: dict) -> torch.Tensor:
-        """f on a labeled batch: CTC or RNN-T (``model.loss``), whichever the model's head is."""
-        feats, lens = self.features(batch, stream=0)
-        targets = [self.tokenizer.encode(t) for t in batch["texts"]]
-        t = self.cfg.train
-        return f_objective(self.net, feats, lens, targets, self.dist, self.device, t.amp, t.amp_dtype)
+    def _micro(self, i: int, n: int):
+        """Micro-batches before a step's last keep their gradients on this process; the last one's backward
+        all-reduces the sum."""
+        return self.no_sync() if i < n - 1 else contextlib.nullcontext()
 
-    def g_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """g on an unlabeled batch: the self-supervised loss per predicted position of the global batch."""
+    def f_backward(self, batches: list[dict], scale: float = 1.0) -> float:
+        """Forward and backward passes of ``scale``·f over one step's labeled batches, one at a time, and f's
+        global value. f is per target token of all the step's batches on all processes, so accumulating
+        micro-batches gives the step of one batch holding them all."""
+        t = self.cfg.train
+        targets = [[self.tokenizer.encode(x) for x in b["texts"]] for b in batches]
+        tokens = all_reduce_sum(float(sum(len(x) for tg in targets for x in tg)), self.dist, self.device)
+        total = 0.0
+        for i, (batch, tg) in enumerate(zip(batches, targets)):
+            feats, lens = self.features(batch, stream=0, micro=i)
+            with self._micro(i, len(batches)):
+                f = f_objective(self.net, feats, lens, tg, self.dist, self.device, t.amp, t.amp_dtype, tokens=tokens)
+                self.backward(f if scale == 1.0 else scale * f)
+            total += f.item()
+        return all_reduce_sum(total, self.dist, self.device)
+
+    def g_backward(self, batches: list[dict]) -> tuple[float, dict]:
+        """Forward and backward passes of g over one step's unlabeled batches, one at a time; g's global value
+        and its health statistics on this process (means over the batches). Each batch's g is per predicted
+        position of that batch on all processes (the positions are drawn in the forward pass), and the step's
+        g is the mean over its batches."""
+        n = len(batches)
+        total, stats = 0.0, {}
+        for i, batch in enumerate(batches):
+            with self._micro(i, n):
+                g, batch_stats = self._g_loss(batch, micro=i, step_batches=n)
+                self.backward(g / n if n > 1 else g)
+            total += g.item() / n
+            for k, v in batch_stats.items():
+                stats[k] = stats.get(k, 0.0) + float(v) / n
+        return all_reduce_sum(total, self.dist, self.device), stats
+
+    def _g_loss(self, batch: dict, micro: int = 0, step_batches: int = 1) -> tuple[torch.Tensor, dict]:
+        """g on an unlabeled batch (micro-batch ``micro`` of a step of ``step_batches``): the self-supervised
+        loss per predicted position of the global batch."""
         # No SpecAugment here: the SSL loss masks its own input, and its targets (BEST-RQ labels,
         # CPC/wav2vec 2.0 targets) must come from clean features.
-        feats, lens = self.features(batch, stream=1, augment=False)
-        # Schedules inside g (the Gumbel temperature) follow the run's own g steps: this is g step
-        # unlabeled_batches - 1 (next_batch counted its batch), a checkpointed counter, so resumes agree.
-        self.model.ssl.set_progress(self.counters.unlabeled_batches - 1, self.g_steps)
-        gen = step_generator(self.cfg.train.seed, self.counters.step, self.dist.rank, stream=2)
+        feats, lens = self.features(batch, stream=1, augment=False, micro=micro)
+        # Schedules inside g (the Gumbel temperature) follow the run's own g steps: next_batches counted the
+        # step's batches, so this is g step unlabeled_batches / step_batches - 1, from a checkpointed counter.
+        self.model.ssl.set_progress(self.counters.unlabeled_batches // step_batches - 1, self.g_steps)
+        gen = step_generator(self.cfg.train.seed, self.counters.step, self.dist.rank, stream=2 + 8 * micro)
         t = self.cfg.train
         return g_objective(self.net, feats, lens, gen, self.dist, self.device, t.amp, ids=batch["ids"],
                            amp_dtype=t.amp_dtype)
@@ -341,6 +383,8 @@ class Run:
         ok = losses_ok and all(math.isfinite(v) for v in values.values())  # grads are summed: equal on every rank
         if ok:
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
         if self.scaler is not None:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -426,9 +470,10 @@ class Run:
             self.metrics.log(c.step, "dev", {**values, **self._position()})
 
     def decode(self, cuts: CutSet, local: bool = False, **kwargs) -> dict:
-        """``evaluate.decode_cuts`` of ``cuts`` sharded over the processes: every rank gets the gathered
-        result, or with ``local`` only its own share's."""
-        mine = decode_cuts(self.model, self.tokenizer, CutSet.from_cuts(shard(list(cuts), self.dist)), self.device,
+        """``evaluate.decode_cuts`` of ``cuts`` by the evaluated model (the weights' average with
+        ``train.ema_decay``), sharded over the processes: every rank gets the gathered result, or with ``local``
+        only its own share's."""
+        mine = decode_cuts(self.eval_model, self.tokenizer, CutSet.from_cuts(shard(list(cuts), self.dist)), self.device,
                            max_duration=self.cfg.data.max_duration * 2, amp=self.cfg.train.amp, skipped=self.skipped,
                            **kwargs)
         return mine if local or not self.dist.enabled else merge_decoded(gather(mine, self.dist))
@@ -465,6 +510,7 @@ class Run:
                 "streams": {n: s.state_dict() for n, s in self.streams.items()}, "rng": rngs,
                 "counters": vars(self.counters).copy(), "method_state": dataclasses.asdict(self.method_state),
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "skipped_audio": self.skipped.state_dict(), "bad_batches": self.bad_batches,
                 "config": to_dict(self.cfg), "tokenizer": self.tokenizer.state_dict(),
                 "ssl_targets": self.ssl_targets.key if self.ssl_targets is not None else None})
@@ -472,7 +518,7 @@ class Run:
 
     def save_model(self, path: Path, dev: dict) -> None:
         """A self-contained model for evaluation and transcription: no optimiser, no SSL head."""
-        atomic_save({"model": self.model.inference_state_dict(), "config": to_dict(self.cfg),
+        atomic_save({"model": self.eval_model.inference_state_dict(), "config": to_dict(self.cfg),
                      "tokenizer": self.tokenizer.state_dict(), "method": self.method, "step": self.counters.step,
                      "dev": {k: dev[k] for k in ("loss", "wer", "cer")}}, path)
 

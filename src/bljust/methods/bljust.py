@@ -21,10 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from bljust.config import BLJustConfig, Config, OptimConfig
-from bljust.engine.objectives import PenaltyGap, penalised_backward
+from bljust.engine.objectives import PenaltyGap, penalised_gradients
 from bljust.engine.optim import lr_factor
 from bljust.engine.run import Run
 
@@ -228,31 +226,28 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             started = time.time()
 
             if phase == "explore":  # (a) (θ, η) -= ρ ∇g
-                bu = run.next_batch("unlabeled")
+                bu = run.next_batches("unlabeled")
                 if bu is None:
                     continue
-                g, stats = run.g_loss(bu)
-                run.backward(g)
+                g, stats = run.g_backward(bu)
                 lr = learning_rate(b, o, plan, run.counters.step)
-                _, norms = run.step(bool(torch.isfinite(g)), {"theta": lr, "eta": lr})
-                values = {"g": run.value(g), "lr": lr, **norms, **{f"ssl_{n}": v for n, v in stats.items()}}
+                _, norms = run.step(math.isfinite(g), {"theta": lr, "eta": lr})
+                values = {"g": g, "lr": lr, **norms, **{f"ssl_{n}": v for n, v in stats.items()}}
 
             elif phase == "joint":  # (b) θ -= α(∇f + γ∇g), φ -= α∇f, η -= α∇g
-                bl, bu = run.next_batch("labeled"), run.next_batch("unlabeled")
+                bl, bu = run.next_batches("labeled"), run.next_batches("unlabeled")
                 if bl is None or bu is None:
                     continue
                 gamma = gamma_at(b, plan.joint_index(k, i), plan.joint_total)
                 scale, eta_weight = penalty_weights(gamma, pbgd)
                 with run.no_sync():  # ∇f stays on this process until g's backward sums ∇f + γ∇g over processes
-                    f = run.f_loss(bl)
-                    run.backward(scale * f)  # ∇f into θ and φ, and f's graph freed before g's is built
-                g, stats = run.g_loss(bu)
-                health = penalised_backward(g, theta, eta, theta_weight=scale * gamma, eta_weight=eta_weight,
-                                            f_scale=scale, health=run.logging, scaler=run.scaler)
+                    f = run.f_backward(bl, scale)  # ∇f into θ and φ, and f's graph freed before g's is built
+                with penalised_gradients(theta, eta, theta_weight=scale * gamma, eta_weight=eta_weight, f_scale=scale,
+                                         health=run.logging, scaler=run.scaler) as health:
+                    g, stats = run.g_backward(bu)
                 lr = learning_rate(b, o, plan, run.counters.step)
-                _, norms = run.step(bool(torch.isfinite(f)) and bool(torch.isfinite(g)),
-                                    {"theta": lr, "phi": lr, "eta": lr})
-                values = {"f": run.value(f), "g": run.value(g), "gamma": gamma, "lr": lr, **norms, **health,
+                _, norms = run.step(math.isfinite(f) and math.isfinite(g), {"theta": lr, "phi": lr, "eta": lr})
+                values = {"f": f, "g": g, "gamma": gamma, "lr": lr, **norms, **health,
                           **{f"ssl_{n}": v for n, v in stats.items()}}
 
             else:  # (c) (θ, φ) -= τ ∇f
@@ -261,14 +256,13 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                         run.optimizer.state.clear()  # fine-tune from fresh moments, as PT+FT does
                     run.close_streams("labeled")
                     run.method_state.finetune_started = True
-                bl = run.next_batch("labeled")
+                bl = run.next_batches("labeled")
                 if bl is None:
                     continue
-                f = run.f_loss(bl)
-                run.backward(f)
+                f = run.f_backward(bl)
                 lr = learning_rate(b, o, plan, run.counters.step)
-                _, norms = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
-                values = {"f": run.value(f), "lr": lr, **norms}
+                _, norms = run.step(math.isfinite(f), {"theta": lr, "phi": lr})
+                values = {"f": f, "lr": lr, **norms}
 
             if "g" in values:
                 values["penalty_gap"] = run.method_state.gap.update(values["g"])

@@ -6,14 +6,14 @@ It is BL-JUST's joint step with a constant weight and η's gradient scaled by λ
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from bljust.config import Config
-from bljust.engine.objectives import PenaltyGap, penalised_backward
+from bljust.engine.objectives import PenaltyGap, penalised_gradients
 from bljust.engine.optim import lr_factor
 from bljust.engine.run import Run
 
@@ -38,20 +38,18 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         run.model.train()
         while run.counters.step < total:
             started = time.time()
-            bl, bu = run.next_batch("labeled"), run.next_batch("unlabeled")
+            bl, bu = run.next_batches("labeled"), run.next_batches("unlabeled")
             if bl is None or bu is None:
                 continue
             with run.no_sync():  # ∇f stays on this process; g's backward sums ∇f + λ∇g over processes
-                f = run.f_loss(bl)
-                run.backward(f)  # f's graph is freed before g's is built
-            g, stats = run.g_loss(bu)
-            health = penalised_backward(g, theta, eta, theta_weight=lam, eta_weight=lam, health=run.logging,
-                                        scaler=run.scaler)
+                f = run.f_backward(bl)  # f's graph is freed before g's is built
+            with penalised_gradients(theta, eta, theta_weight=lam, eta_weight=lam, health=run.logging,
+                                     scaler=run.scaler) as health:
+                g, stats = run.g_backward(bu)
             lr = o.lr * lr_factor(run.counters.step, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
-            _, norms = run.step(bool(torch.isfinite(f)) and bool(torch.isfinite(g)), {"theta": lr, "phi": lr, "eta": lr})
-            g_value = run.value(g)
-            run.after_step({"f": run.value(f), "g": g_value, "lambda": lam, "lr": lr, **norms,
-                            "penalty_gap": run.method_state.gap.update(g_value), **health,
+            _, norms = run.step(math.isfinite(f) and math.isfinite(g), {"theta": lr, "phi": lr, "eta": lr})
+            run.after_step({"f": f, "g": g, "lambda": lam, "lr": lr, **norms,
+                            "penalty_gap": run.method_state.gap.update(g), **health,
                             **{f"ssl_{n}": v for n, v in stats.items()}}, phase="joint", started=started)
         return run.finish({"lambda": lam})
     finally:

@@ -8,11 +8,11 @@ one schedule over the run (``pl.lr_schedule``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from lhotse import CutSet
 from lhotse.utils import fastcopy
 
@@ -83,19 +83,18 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                 run.close_streams()  # the previous stage's stream is never read again
                 run.add_stream(name, run.labeled + pseudo_label(run, unlabeled, stage), seed_offset=stage)
             started = time.time()
-            batch = run.next_batch(name)
-            if batch is None:
+            batches = run.next_batches(name)
+            if batches is None:
                 continue
-            f = run.f_loss(batch)
-            run.backward(f)
+            f = run.f_backward(batches)
             if p.lr_schedule == "global":
                 lr = o.lr * lr_factor(step, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
             else:
                 span = starts[stage + 1] - starts[stage]
                 lr = o.lr * lr_factor(step - starts[stage], span,
                                       o.warmup_steps if stage == 0 else p.round_warmup_steps, o.schedule, o.min_lr_ratio)
-            _, norms = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
-            run.after_step({"f": run.value(f), "lr": lr, **norms, "round": stage},
+            _, norms = run.step(math.isfinite(f), {"theta": lr, "phi": lr})
+            run.after_step({"f": f, "lr": lr, **norms, "round": stage},
                            phase="seed" if stage == 0 else f"round{stage}", started=started)
         return run.finish({"rounds": p.rounds, "seed_steps": seed_steps, "round_steps": per_round,
                            "pseudo_labels": run.method_state.pseudo_labels})

@@ -7,11 +7,11 @@ trains alone) and fine-tune at a lower learning rate than the head.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from bljust.config import Config
 from bljust.engine.optim import lr_factor
@@ -42,30 +42,28 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         while run.counters.step < total:
             step, started = run.counters.step, time.time()
             if step < n_pt:  # pre-training: (θ, η) -= lr ∇g
-                batch = run.next_batch("unlabeled")
-                if batch is None:
+                batches = run.next_batches("unlabeled")
+                if batches is None:
                     continue
-                g, stats = run.g_loss(batch)
-                run.backward(g)
+                g, stats = run.g_backward(batches)
                 lr = p.pretrain_lr * lr_factor(step, n_pt, o.warmup_steps, o.schedule, o.min_lr_ratio)
-                _, norms = run.step(bool(torch.isfinite(g)), {"theta": lr, "eta": lr})
-                run.after_step({"g": run.value(g), "lr": lr, **norms, **{f"ssl_{n}": v for n, v in stats.items()}},
+                _, norms = run.step(math.isfinite(g), {"theta": lr, "eta": lr})
+                run.after_step({"g": g, "lr": lr, **norms, **{f"ssl_{n}": v for n, v in stats.items()}},
                                phase="pretrain", started=started, decode=False)
                 continue
             if not run.method_state.finetune_started:
                 run.optimizer.state.clear()  # a fresh optimiser for fine-tuning, as in two separate runs
                 run.method_state.finetune_started = True
                 run.close_streams("labeled")
-            batch = run.next_batch("labeled")  # fine-tuning: (θ, φ) -= lr ∇f
-            if batch is None:
+            batches = run.next_batches("labeled")  # fine-tuning: (θ, φ) -= lr ∇f
+            if batches is None:
                 continue
-            f = run.f_loss(batch)
-            run.backward(f)
+            f = run.f_backward(batches)
             lr = p.finetune_lr * lr_factor(step - n_pt, total - n_pt, o.warmup_steps, o.schedule, o.min_lr_ratio)
             frozen = step - n_pt < p.freeze_encoder_steps
             lrs = {"phi": lr} if frozen else {"theta": p.encoder_lr_scale * lr, "phi": lr}
-            _, norms = run.step(bool(torch.isfinite(f)), lrs)
-            run.after_step({"f": run.value(f), "lr": lr, **norms}, phase="finetune-frozen" if frozen else "finetune",
+            _, norms = run.step(math.isfinite(f), lrs)
+            run.after_step({"f": f, "lr": lr, **norms}, phase="finetune-frozen" if frozen else "finetune",
                            started=started)
         return run.finish({"pretrain_steps": n_pt, "finetune_steps": total - n_pt})
     finally:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
-import torch
 
 from bljust.config import Config
 from bljust.engine.optim import lr_factor
@@ -22,14 +22,13 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         run.model.train()
         while run.counters.step < total:
             started = time.time()
-            batch = run.next_batch("labeled")
-            if batch is None:
+            batches = run.next_batches("labeled")
+            if batches is None:
                 continue
-            f = run.f_loss(batch)
-            run.backward(f)
+            f = run.f_backward(batches)
             lr = o.lr * lr_factor(run.counters.step, total, o.warmup_steps, o.schedule, o.min_lr_ratio)
-            _, norms = run.step(bool(torch.isfinite(f)), {"theta": lr, "phi": lr})
-            run.after_step({"f": run.value(f), "lr": lr, **norms, "epoch": run.streams["labeled"].epoch},
+            _, norms = run.step(math.isfinite(f), {"theta": lr, "phi": lr})
+            run.after_step({"f": f, "lr": lr, **norms, "epoch": run.streams["labeled"].epoch},
                            started=started)
         return run.finish()
     finally:
