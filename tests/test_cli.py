@@ -159,3 +159,15 @@ def test_bench_reports_the_three_step_kinds():
     r = run("bench", "--config", str(TINY), "--repeats", "1")
     for kind in ("| supervised |", "| ssl |", "| joint |", "joint step / (supervised step + SSL step) ="):
         assert kind in r.stdout
+
+
+def test_the_gpu_check_fails_loudly_without_a_gpu(tmp_path):
+    """scripts/gpu_check.sh never falls back to the CPU: on a machine without CUDA it stops before any work."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: run scripts/gpu_check.sh itself")
+    r = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), str(tmp_path / "out")], capture_output=True,
+                       text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert r.returncode == 1 and "CUDA is not available" in r.stderr and "never runs on the CPU" in r.stderr
+    assert not (tmp_path / "out").exists()  # nothing synthesised or trained

@@ -457,6 +457,11 @@ class TrainConfig:
     ema_decay: float = 0.0
     """> 0: keep an exponential moving average of the weights (decay per optimiser step, e.g. 0.999; icefall
     evaluates averaged weights); validation, best.pt and pseudo-labeling then use the average. 0: off."""
+    compile: str = ""
+    """torch.compile backend for the encoder's blocks ('inductor', the usual one; 'aot_eager' or 'eager' to
+    check graph capture without code generation); '' (default): no compilation. Shapes vary per batch, so the
+    blocks compile with dynamic shapes, once for training and once for decoding (no_grad). Compilation takes
+    minutes on a CPU core before the first step."""
     dist_timeout: float = 1800.0
     """Seconds a collective waits for the other processes (torchrun) before the run fails instead of hanging."""
 

@@ -180,6 +180,8 @@ class Run:
         self.eval_model = self.ema.module if self.ema is not None else self.model
         # f and g go through one forward, the call DDP wraps (engine.objectives); self.model stays the bare model
         self.net = wrap_ddp(Objectives(self.model), self.dist, self.device)
+        if cfg.train.compile:
+            compile_encoder(self.model.encoder, cfg.train.compile)
         self.metrics = MetricsLogger(self.run_dir, self.dist.is_main, resume_step=self.counters.step)
         self._window = (0.0, time.time())
         self._fault_step = int(os.environ.get(FAULT_ENV, "0"))
@@ -567,6 +569,22 @@ class Run:
             self._log_handler.close()
         cleanup_distributed(self.dist)
 
+
+
+def compile_encoder(encoder: torch.nn.Module, backend: str) -> None:
+    """Compile the encoder's repeated blocks in place (``nn.Module.compile``: parameters, state-dict keys and
+    DDP's gradient hooks stay as they are), with dynamic shapes since every batch has its own length.
+
+    The blocks, not the whole model: they hold nearly all the compute, one compiled graph serves them all,
+    and the front-end's strided convolutions made inductor fail on their symbolic output lengths (torch
+    2.13, CPU); an LSTM encoder has no blocks to compile and stays eager."""
+    blocks = getattr(encoder, "layers", None)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        log.warning("train.compile=%s: the %s has no blocks to compile; it runs eagerly", backend,
+                    type(encoder).__name__)
+        return
+    for block in blocks:
+        block.compile(backend=backend, dynamic=True)
 
 
 def seed_everything(seed: int) -> None:
