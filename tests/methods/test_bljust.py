@@ -424,3 +424,19 @@ def test_broken_unlabeled_and_labeled_audio_never_reaches_a_joint_step(tiny_corp
     summary = bljust.train(cfg, tmp_path / "data", tmp_path / "run")
     assert summary["bad_steps"] == 0 and summary["steps"] == 16 and summary["unlabeled_batches"] >= 10
     assert summary["skipped_audio"] == {reason: 3 for reason in AUDIO_REASONS.values()}
+
+
+def test_health_of_a_step_accumulated_over_two_g_passes_is_that_of_one_pass():
+    """With train.accum_steps g is back-propagated once per micro-batch: the health metrics read ∇f and sum
+    θ's ∇g over the passes, so two passes of g/2 give the metrics of one pass of g."""
+    health = {}
+    for passes in (1, 2):
+        cfg, model, data = _setup()
+        theta, phi, eta = _groups(model)
+        (0.5 * _f(model, data)).backward()
+        with penalised_gradients(theta, eta, theta_weight=0.5 * 0.7, eta_weight=1.0, f_scale=0.5) as h:
+            for _ in range(passes):
+                (_g(model, data) / passes).backward()
+        health[passes] = h
+    for k in ("grad_f_norm", "weighted_grad_g_norm", "grad_cos"):
+        assert health[2][k] == pytest.approx(health[1][k], rel=1e-4, abs=1e-6), k

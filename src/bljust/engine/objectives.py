@@ -76,22 +76,29 @@ def penalised_gradients(theta: list[Tensor], eta: list[Tensor], *, theta_weight:
     f's graph was freed by its backward pass before g's was built, so a joint step never holds both:
     its peak memory is that of the larger of a supervised and an SSL step. Yields a dict that, with
     ``health``, holds on exit ‖∇θ f‖, ‖γ·∇θ g‖ (γ = theta_weight / f_scale) and the cosine between
-    ∇θ f and ∇θ g, on this process's batches; ∇f is copied before g's passes add to it, and ∇g summed
-    over them (two copies of θ's gradient, on logging steps only). ``scaler``: fp16's gradient scaler,
-    which scaled f's backward too; its factor is divided out of the norms.
+    ∇θ f and ∇θ g, on this process's batches. ∇f is read from θ's gradients as each g pass reaches them
+    (less what earlier g passes of the step added), before DDP's all-reduce, and θ's ∇g is summed over the
+    passes: one extra copy of θ's gradient, on logging steps only. ``scaler``: fp16's gradient scaler, which
+    scaled f's backward too; its factor is divided out of the norms.
     """
     values: dict[str, float] = {}
-    grad_f = [None if p.grad is None else p.grad.detach().clone() for p in theta] if health else []
+    norm_f = torch.stack(torch._foreach_norm([p.grad for p in theta if p.grad is not None])).float().norm() \
+        if health and any(p.grad is not None for p in theta) else None
     grad_g: dict[int, Tensor] = {}
+    dots: list[Tensor] = []
 
-    def weigh(i: int):
+    def weigh(i: int, p: Tensor):
         def hook(grad: Tensor) -> Tensor:
             if health:
-                grad_g[i] = grad if i not in grad_g else grad_g[i] + grad
+                earlier = grad_g.get(i)
+                if p.grad is not None:
+                    grad_f = p.grad if earlier is None else p.grad - theta_weight * earlier
+                    dots.append((grad_f.float() * grad.float()).sum())
+                grad_g[i] = grad if earlier is None else earlier + grad
             return grad * theta_weight
         return hook
 
-    handles = [p.register_hook(weigh(i)) for i, p in enumerate(theta)]
+    handles = [p.register_hook(weigh(i, p)) for i, p in enumerate(theta)]
     try:
         yield values
     finally:
@@ -102,9 +109,7 @@ def penalised_gradients(theta: list[Tensor], eta: list[Tensor], *, theta_weight:
             p.grad.mul_(eta_weight)
     if health:
         zero = torch.zeros((), device=theta[0].device)
-        f_sq = [x.float().square().sum() for x in grad_f if x is not None]
-        dots = [(grad_f[i].float() * x.float()).sum() for i, x in grad_g.items() if grad_f[i] is not None]
-        norm_f = torch.stack(f_sq).sum().sqrt() if f_sq else zero
+        norm_f = zero if norm_f is None else norm_f
         norm_g = torch.stack([x.float().square().sum() for x in grad_g.values()]).sum().sqrt() if grad_g else zero
         dot = torch.stack(dots).sum() if dots else zero
         cos = dot / (norm_f * norm_g).clamp(min=1e-12)
