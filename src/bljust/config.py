@@ -50,6 +50,12 @@ class DataConfig:
     every validation (``g_heldout``): a fixed, noise-free measure of the lower level. 0: none."""
     heldout_unlabeled_max_seconds: float = 300.0
     """Cap on the held-out unlabeled audio, so validation stays cheap on large unlabeled sets."""
+    lazy: bool = False
+    """Read the labeled and unlabeled training splits lazily, for splits too large for memory (LibriSpeech's
+    960 h): one streaming pass at the start of a run filters each (drop counts complete, as without it)
+    and writes what trains to ``RUN/lazy/{split}_cuts.jsonl.gz``, which the sampler then reads anew each
+    epoch; the held-out unlabeled utterances are chosen in that pass. Each split's supervisions must
+    come in their recordings' order. Dev and test stay in memory; pseudo-labeling does not support it."""
     labeled_splits: list[str] = field(default_factory=lambda: ["labeled"])
     """The splits whose union is the labeled training set (each needs transcripts). ``bljust compare``'s
     topline trains on ``[labeled, unlabeled_text]``: the unlabeled utterances with their transcripts."""

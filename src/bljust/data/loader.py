@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import heapq
 import itertools
 import logging
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from lhotse import CutSet
+from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,7 +33,7 @@ from bljust.engine import TrainingFailed
 
 log = logging.getLogger("bljust.data")
 
-# Our cut sets are eager by design (they are filtered and counted up front).
+# Our cut sets are eager unless data.lazy is set (they are filtered and counted up front).
 warnings.filterwarnings("ignore", message=".*with an eagerly read CutSet.*")
 
 
@@ -87,6 +90,47 @@ def training_reason(cut, *, min_seconds: float | None, max_seconds: float | None
     return None
 
 
+class UtteranceFilter:
+    """The rules of ``filter_cuts`` as a predicate that reports as it goes: ``keep(cut)`` says whether
+    ``cut`` can train and records it in ``keep.report`` (or in ``skipped``, for a missing or empty file)."""
+
+    def __init__(self, split: str, *, min_seconds: float, max_seconds: float, tokenizer=None,
+                 output_frames: Callable[[int], int] | None = None, skipped: SkippedAudio | None = None):
+        self.report = FilterReport(split)
+        self.min_seconds, self.max_seconds = min_seconds, max_seconds
+        self.tokenizer, self.output_frames, self.skipped = tokenizer, output_frames, skipped
+        self.sizes: dict[str, int | None] = {}
+        """One stat per audio file (``file_problem``); a streaming caller may clear it between recordings."""
+
+    def __call__(self, cut) -> bool:
+        problem = file_problem(cut, self.sizes)
+        if problem is not None and self.skipped is not None:
+            self.skipped.record(problem)
+            return False
+        if problem is not None:
+            reason = f"{problem.reason}: {problem.file}"
+        else:
+            found = training_reason(cut, min_seconds=self.min_seconds, max_seconds=self.max_seconds,
+                                    needs_text=self.tokenizer is not None, tokenizer=self.tokenizer,
+                                    output_frames=self.output_frames)
+            reason = None if found is None else ": ".join(x for x in found if x)
+        if reason is not None:
+            self.report.dropped.append((cut.id, reason))
+            return False
+        self.report.kept += 1
+        self.report.kept_seconds += cut.duration
+        return True
+
+    def finish(self) -> FilterReport:
+        """Log what was dropped; an error when nothing was kept."""
+        report = self.report
+        if report.dropped:
+            log.warning(report.summary())
+        if not report.kept:
+            raise ValueError(f"no usable utterances left in split '{report.split}': " + report.summary(max_lines=5))
+        return report
+
+
 def filter_cuts(cuts: CutSet, split: str, *, min_seconds: float, max_seconds: float,
                 tokenizer=None, output_frames: Callable[[int], int] | None = None,
                 skipped: SkippedAudio | None = None) -> tuple[CutSet, FilterReport]:
@@ -98,31 +142,14 @@ def filter_cuts(cuts: CutSet, split: str, *, min_seconds: float, max_seconds: fl
     unit plus one per repeated unit; CTC's loss is infinite otherwise). The rest of the audio
     checks need the samples and happen where audio is loaded (``load_checked``).
     """
-    report = FilterReport(split)
-    kept = []
-    sizes: dict[str, int | None] = {}
-    for cut in cuts:
-        problem = file_problem(cut, sizes)
-        if problem is not None and skipped is not None:
-            skipped.record(problem)
-            continue
-        if problem is not None:
-            reason = f"{problem.reason}: {problem.file}"
-        else:
-            found = training_reason(cut, min_seconds=min_seconds, max_seconds=max_seconds,
-                                    needs_text=tokenizer is not None, tokenizer=tokenizer, output_frames=output_frames)
-            reason = None if found is None else ": ".join(x for x in found if x)
-        if reason is None:
-            kept.append(cut)
-            report.kept += 1
-            report.kept_seconds += cut.duration
-        else:
-            report.dropped.append((cut.id, reason))
-    if report.dropped:
-        log.warning(report.summary())
-    if not kept:
-        raise ValueError(f"no usable utterances left in split '{split}': " + report.summary(max_lines=5))
-    return CutSet.from_cuts(kept), report
+    keep = UtteranceFilter(split, min_seconds=min_seconds, max_seconds=max_seconds, tokenizer=tokenizer,
+                           output_frames=output_frames, skipped=skipped)
+    kept = [cut for cut in cuts if keep(cut)]
+    return CutSet.from_cuts(kept), keep.finish()
+
+
+def _hash_key(cut_id: str) -> str:
+    return hashlib.sha1(cut_id.encode()).hexdigest()
 
 
 def hold_out(cuts: CutSet, fraction: float, max_seconds: float) -> tuple[CutSet, CutSet]:
@@ -135,7 +162,7 @@ def hold_out(cuts: CutSet, fraction: float, max_seconds: float) -> tuple[CutSet,
     cuts = cuts.to_eager()
     target = min(fraction * sum(c.duration for c in cuts), max_seconds)
     held, seconds = set(), 0.0
-    for cut in sorted(cuts, key=lambda c: hashlib.sha1(c.id.encode()).hexdigest()):
+    for cut in sorted(cuts, key=lambda c: _hash_key(c.id)):
         if seconds >= target:
             break
         held.add(cut.id)
@@ -144,8 +171,103 @@ def hold_out(cuts: CutSet, fraction: float, max_seconds: float) -> tuple[CutSet,
             CutSet.from_cuts([c for c in cuts if c.id in held]))
 
 
+class HeldOutCandidates:
+    """``hold_out``'s choice made in one pass, holding at most ``max_seconds`` of cuts (plus one).
+
+    ``hold_out`` takes cuts in hash order while the audio taken so far is under its target, and the
+    target is at most ``max_seconds``; a cut preceded (in hash order) by ``max_seconds`` of audio already
+    seen can never be taken, so it is let go. ``choose`` then applies the target, once the total is known.
+    """
+
+    def __init__(self, max_seconds: float):
+        self.max_seconds = max_seconds
+        # a max-heap by hash (a min-heap of negated hashes) of (hash, place in the stream, cut)
+        self._heap: list[tuple[int, int, Cut]] = []
+        self._seconds = 0.0
+        self._added = 0
+
+    def add(self, cut: Cut) -> None:
+        heapq.heappush(self._heap, (-int(_hash_key(cut.id), 16), self._added, cut))
+        self._added += 1
+        self._seconds += cut.duration
+        while self._heap and self._seconds - self._heap[0][2].duration >= self.max_seconds:
+            self._seconds -= heapq.heappop(self._heap)[2].duration
+
+    def choose(self, fraction: float, total_seconds: float) -> CutSet:
+        """The held-out cuts, as ``hold_out`` picks them from a split of ``total_seconds`` (in stream order)."""
+        target = min(fraction * total_seconds, self.max_seconds)
+        held, seconds = [], 0.0
+        for _, place, cut in sorted(self._heap, reverse=True):  # ascending hash
+            if seconds >= target:
+                break
+            held.append((place, cut))
+            seconds += cut.duration
+        return CutSet.from_cuts(cut for _, cut in sorted(held, key=lambda x: x[0]))
+
+
+@dataclass
+class LazySplit:
+    """A training split written once by ``write_lazy_split`` and read lazily on every pass."""
+
+    cuts: CutSet
+    """The training cuts: lazy, read from ``path`` (less the held-out ones) on every pass."""
+    report: FilterReport
+    """What the filter kept and dropped (the held-out cuts count as kept)."""
+    heldout: CutSet
+    """The held-out cuts (eager, small)."""
+
+    @property
+    def num_cuts(self) -> int:
+        return self.report.kept - len(self.heldout)
+
+
+def write_lazy_split(cuts: CutSet, path: Path, keep: UtteranceFilter, *, heldout_fraction: float = 0.0,
+                     heldout_max_seconds: float = 0.0) -> LazySplit:
+    """Put ``cuts`` (a lazy set, read once) through ``keep`` and write what it keeps to ``path`` in one pass,
+    choosing the held-out cuts (``hold_out``'s choice) on the way; no list of the split's cuts is held.
+
+    The drop report is complete when this returns, as ``filter_cuts``'s is.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.jsonl.gz")
+    candidates = HeldOutCandidates(heldout_max_seconds) if heldout_fraction > 0 else None
+    recording = None
+    with CutSet.open_writer(tmp, overwrite=True) as writer:  # never append to a crashed run's file
+        for cut in cuts:
+            if cut.recording_id != recording:  # a file's cuts come together: one stat each, forgotten after
+                recording = cut.recording_id
+                keep.sizes.clear()
+            if keep(cut):
+                writer.write(cut)
+                if candidates is not None:
+                    candidates.add(cut)
+    tmp.replace(path)
+    report = keep.finish()
+    heldout = candidates.choose(heldout_fraction, report.kept_seconds) if candidates else CutSet.from_cuts([])
+    return LazySplit(open_lazy_split(path, heldout), report, heldout)
+
+
+def open_lazy_split(path: Path, heldout: CutSet) -> CutSet:
+    """The lazy training cuts written to ``path``, less ``heldout``."""
+    cuts = CutSet.from_file(path)
+    return cuts.filter(_NotIn(frozenset(heldout.ids))) if len(heldout) else cuts
+
+
+@dataclass(frozen=True)
+class _NotIn:
+    """A predicate of cuts, a named class rather than a lambda so that a lazy set filtered by it pickles."""
+
+    ids: frozenset[str]
+
+    def __call__(self, cut: Cut) -> bool:
+        return cut.id not in self.ids
+
+
 def speed_perturbed(cuts: CutSet, factors: list[float]) -> CutSet:
-    """``cuts`` plus one speed-changed copy per factor (lhotse resamples on load; ids get ``_sp<f>``)."""
+    """``cuts`` plus one speed-changed copy per factor (lhotse resamples on load; ids get ``_sp<f>``); lazy
+    when ``cuts`` is (each copy then reads ``cuts`` anew)."""
+    if cuts.is_lazy:
+        return sum((cuts.perturb_speed(f) for f in factors), start=cuts)
     cuts = cuts.to_eager()
     out = list(cuts)
     for f in factors:
@@ -201,7 +323,8 @@ class BatchStream:
     Workers persist across epochs and start from a fork server rather than by forking the
     trainer: a forked worker copies the trainer's heap (a gigabyte once autocast caches have
     grown), and a run holds one stream per split. ``close()`` ends them when a phase stops
-    reading the stream; the next batch reopens it where it stopped.
+    reading the stream; the next batch reopens it where it stopped. A lazy ``cuts`` (``data.lazy``) is
+    read anew, in file order, by every pass of the sampler, so replaying a position reaches the same batches.
     """
 
     def __init__(self, cuts: CutSet, name: str, *, max_duration: float, num_buckets: int, seed: int,
@@ -209,8 +332,13 @@ class BatchStream:
                  buffer_size: int = 20000, skipped: SkippedAudio | None = None):
         self.name = name
         self.skipped = skipped if skipped is not None else SkippedAudio()
-        self.seconds = sum(c.duration for c in cuts)
-        buckets = min(num_buckets, len(cuts) // 2)
+        if cuts.is_lazy:  # counted in one streaming pass: a lazy set has no length and is never held
+            num_cuts, self.seconds = 0, 0.0
+            for cut in cuts:
+                num_cuts, self.seconds = num_cuts + 1, self.seconds + cut.duration
+        else:
+            num_cuts, self.seconds = len(cuts), sum(c.duration for c in cuts)
+        buckets = min(num_buckets, num_cuts // 2)
         if buckets >= 2:
             self.sampler = DynamicBucketingSampler(
                 cuts, max_duration=max_duration, num_buckets=buckets, shuffle=shuffle, drop_last=False, seed=seed,
@@ -227,7 +355,8 @@ class BatchStream:
         self._loaded: int | None = None  # utterances loaded in an epoch this process read from its start
 
     def batches_per_epoch(self) -> int:
-        """Batches in one pass for this process, counted by replaying the sampler (no audio is read)."""
+        """Batches in one pass for this process, counted by replaying the sampler (no audio is read; a lazy
+        set is streamed through a copy of the sampler, which holds its buffer only), once."""
         if self._batches is None:
             counter = copy.deepcopy(self.sampler)
             counter.set_epoch(0)

@@ -34,12 +34,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from bljust.checkpoint import CheckpointManager, atomic_save, atomic_write_text, rng_state, set_rng_state
 from bljust.config import Config, dump_config, to_dict
 from bljust.data.audio import SkippedAudio
-from bljust.data.loader import BatchStream, eval_batches, filter_cuts, hold_out, speed_perturbed
+from bljust.data.loader import (BatchStream, FilterReport, LazySplit, UtteranceFilter, eval_batches, hold_out,
+                                open_lazy_split, speed_perturbed, write_lazy_split)
 from bljust.data.manifests import cut_text, load_split
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state, train_tokenizer
 from bljust.engine import TrainingFailed
-from bljust.engine.dist import (Dist, all_reduce_sum, any_rank, barrier, cleanup_distributed, gather, pick_device,
-                                setup_distributed, shard, wrap_ddp)
+from bljust.engine.dist import (Dist, all_reduce_sum, any_rank, barrier, broadcast, cleanup_distributed, gather,
+                                pick_device, setup_distributed, shard, wrap_ddp)
 from bljust.engine.objectives import Objectives, f_objective, g_objective, make_features, step_generator
 from bljust.engine.optim import build_optimizer, clip_groups
 from bljust.engine.precision import autocast, grad_scaler
@@ -71,17 +72,43 @@ def restore_state(state: object, saved: dict) -> object:
     return state
 
 
-def load_labeled(data_dir: Path, splits: list[str]) -> CutSet:
-    """The union of ``splits`` (``data.labeled_splits``), in their order; an utterance in two of them is an error."""
+def load_labeled(data_dir: Path, splits: list[str], lazy: bool = False) -> CutSet:
+    """The union of ``splits`` (``data.labeled_splits``), in their order; an utterance in two of them is an error
+    (found as a lazy union streams: ``LabeledUnion``)."""
+    if lazy:
+        return CutSet(LabeledUnion(data_dir, splits))
     cuts = [load_split(data_dir, split) for split in splits]
     seen: dict[str, str] = {}
     for split, split_cuts in zip(splits, cuts):
         for cut in split_cuts:
             if cut.id in seen:
-                raise ValueError(f"{data_dir}: utterance {cut.id} is in both the '{seen[cut.id]}' and the '{split}' "
-                                 f"split of data.labeled_splits; each utterance may train once")
+                raise _twice(data_dir, cut.id, seen[cut.id], split)
             seen[cut.id] = split
     return cuts[0] if len(cuts) == 1 else CutSet.from_cuts(c for split_cuts in cuts for c in split_cuts)
+
+
+def _twice(data_dir: Path, cut_id: str, first: str, second: str) -> ValueError:
+    return ValueError(f"{data_dir}: utterance {cut_id} is in both the '{first}' and the '{second}' split of "
+                      f"data.labeled_splits; each utterance may train once")
+
+
+class LabeledUnion:
+    """The lazy union of ``splits`` (a re-iterable source of a lazy CutSet); each pass holds the ids it has
+    read (not the cuts), to refuse an utterance met twice."""
+
+    def __init__(self, data_dir: Path, splits: list[str]):
+        self.data_dir, self.splits = data_dir, list(splits)
+        for split in self.splits:  # a missing split is an error now, not at the first pass
+            load_split(data_dir, split, lazy=True)
+
+    def __iter__(self):
+        seen: dict[str, str] = {}
+        for split in self.splits:
+            for cut in load_split(self.data_dir, split, lazy=True):
+                if cut.id in seen:
+                    raise _twice(self.data_dir, cut.id, seen[cut.id], split)
+                seen[cut.id] = split
+                yield cut
 
 
 @dataclass
@@ -133,7 +160,8 @@ class Run:
         self.bad_batches: list[dict] = [] if self.ckpt is None else list(self.ckpt["bad_batches"])
         self._step_ids: list[str] = []  # the cut ids of the step being taken
         self.total_steps = 0
-        self.labeled, dev = load_labeled(self.data_dir, cfg.data.labeled_splits), load_split(self.data_dir, "dev")
+        self.labeled = load_labeled(self.data_dir, cfg.data.labeled_splits, lazy=cfg.data.lazy)
+        dev = load_split(self.data_dir, "dev")
         if self.ckpt is not None:
             self.tokenizer: Tokenizer = tokenizer_from_state(self.ckpt["tokenizer"])
         else:
@@ -153,7 +181,7 @@ class Run:
         self.labeled = self.filter(self.labeled, "labeled", labeled=True)
         self.dev = dev.filter(lambda c: bool(cut_text(c))).to_eager()
         if cfg.features.normalize == "global" and self.ckpt is None:
-            sample = self.labeled.subset(first=min(len(self.labeled), 500))
+            sample = self.labeled.subset(first=500)  # the first 500 cuts, or all when fewer; lazy or not
             self.model.frontend.set_global_stats((b["wav"], b["wav_lens"])
                                                  for b in eval_batches(sample, 120.0, skipped=self.skipped))
 
@@ -189,32 +217,67 @@ class Run:
 
     # ------------------------------------------------------------ data
 
-    def filter(self, cuts: CutSet, split: str, labeled: bool) -> CutSet:
+    def _utterance_filter(self, split: str, labeled: bool) -> UtteranceFilter:
         d = self.cfg.data
         # CTC needs an encoder frame per unit (and per repeat); a transducer emits any number of units per
         # frame, so its loss is finite for every transcript (a greedy pseudo-label can have more units than frames).
-        kept, report = filter_cuts(cuts, split, min_seconds=d.min_utterance_seconds,
-                                   max_seconds=min(d.max_utterance_seconds, d.max_duration),
-                                   tokenizer=self.tokenizer if labeled else None,
-                                   output_frames=self.model.output_frames if self.model.transducer is None else None,
-                                   skipped=self.skipped)
+        return UtteranceFilter(split, min_seconds=d.min_utterance_seconds,
+                               max_seconds=min(d.max_utterance_seconds, d.max_duration),
+                               tokenizer=self.tokenizer if labeled else None,
+                               output_frames=self.model.output_frames if self.model.transducer is None else None,
+                               skipped=self.skipped)
+
+    def _count_dropped(self, report: FilterReport) -> None:
         for _, reason in report.dropped:
             key = reason.split(":")[0]
             self.dropped[key] = self.dropped.get(key, 0) + 1
+
+    def filter(self, cuts: CutSet, split: str, labeled: bool) -> CutSet:
+        """The cuts of ``split`` that can train (``filter_cuts``), lazy under ``data.lazy``."""
+        if self.cfg.data.lazy:
+            return self._write_lazy(cuts, split, labeled).cuts
+        keep = self._utterance_filter(split, labeled)
+        kept = CutSet.from_cuts([cut for cut in cuts if keep(cut)])
+        self._count_dropped(keep.finish())
         return kept
+
+    def _write_lazy(self, cuts: CutSet, split: str, labeled: bool, heldout_fraction: float = 0.0,
+                    heldout_max_seconds: float = 0.0) -> LazySplit:
+        """``write_lazy_split`` of ``cuts`` to ``RUN/lazy/{split}_cuts.jsonl.gz``, by the first process (the
+        others wait and read it); rewritten at every start, a resumed one too, from the same data and units."""
+        path = self.run_dir / "lazy" / f"{split}_cuts.jsonl.gz"
+        written, shared = None, None
+        if self.dist.is_main:
+            written = write_lazy_split(cuts, path, self._utterance_filter(split, labeled),
+                                       heldout_fraction=heldout_fraction, heldout_max_seconds=heldout_max_seconds)
+            shared = (written.report, [c.to_dict() for c in written.heldout])
+        report, heldout = broadcast(shared, self.dist)
+        if written is None:
+            held = CutSet.from_dicts(heldout)
+            written = LazySplit(open_lazy_split(path, held), report, held)
+        self._count_dropped(report)
+        return written
 
     def load_unlabeled(self) -> CutSet:
         """The unlabeled split to train on: filtered, less the held-out utterances (kept in ``self.heldout``),
-        which every method leaves out alike."""
+        which every method leaves out alike. Under ``data.lazy`` both are chosen in one streaming pass, and
+        only the held-out ones are held."""
         d = self.cfg.data
-        cuts = self.filter(load_split(self.data_dir, "unlabeled"), "unlabeled", labeled=False)
-        cuts, self.heldout = hold_out(cuts, d.heldout_unlabeled_fraction, d.heldout_unlabeled_max_seconds)
+        if d.lazy:
+            split = self._write_lazy(load_split(self.data_dir, "unlabeled", lazy=True), "unlabeled", labeled=False,
+                                     heldout_fraction=d.heldout_unlabeled_fraction,
+                                     heldout_max_seconds=d.heldout_unlabeled_max_seconds)
+            cuts, self.heldout, remaining = split.cuts, split.heldout, split.num_cuts
+        else:
+            cuts = self.filter(load_split(self.data_dir, "unlabeled"), "unlabeled", labeled=False)
+            cuts, self.heldout = hold_out(cuts, d.heldout_unlabeled_fraction, d.heldout_unlabeled_max_seconds)
+            remaining = len(cuts)
         if self.ssl_targets is not None:
             missing = self.ssl_targets.missing(c.id for c in cuts + self.heldout)
             if missing:
                 raise ValueError(f"{self.ssl_targets.path} has no targets for {len(missing)} unlabeled utterance(s) of "
                                  f"{self.data_dir} (e.g. {', '.join(missing[:3])}); it was made for another split")
-        if len(cuts) == 0:
+        if remaining == 0:
             raise ValueError(f"{self.data_dir}: no unlabeled utterance left after holding out "
                              f"{len(self.heldout)} for g_heldout; lower data.heldout_unlabeled_fraction")
         return cuts

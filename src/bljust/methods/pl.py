@@ -53,6 +53,9 @@ def select_pseudo_labels(cuts: CutSet, decoded: dict, cfg: PLConfig) -> tuple[Cu
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
+    if cfg.data.lazy:
+        raise ValueError("pl decodes the whole unlabeled split and holds its pseudo-labels every round, so it cannot "
+                         "read it lazily: data.lazy is for supervised, ptft, just and bljust")
     run = Run(cfg, data_dir, run_dir, method="pl", resume=resume, state=PLState)
     try:
         p, o, total = cfg.pl, cfg.optim, cfg.train.max_steps
