@@ -135,6 +135,17 @@ def test_lazy_held_out_utterances_are_the_eager_choice_and_disjoint_from_trainin
 
     kept, held = hold_out(source.filter(within_limits), fraction, max_seconds)
     assert [c.id for c in written.heldout] == [c.id for c in held]
+    # the rule itself, written out: utterances in the order of their ids' hash until the target is reached
+    import hashlib
+
+    by_hash = sorted(source.filter(within_limits), key=lambda c: hashlib.sha1(c.id.encode()).hexdigest())
+    target, expected, seconds = min(fraction * sum(c.duration for c in by_hash), max_seconds), set(), 0.0
+    for cut in by_hash:
+        if seconds >= target:
+            break
+        expected.add(cut.id)
+        seconds += cut.duration
+    assert set(held.ids) == expected
     assert (len(held) > 0) == (fraction > 0)
     training = [c.id for c in written.cuts]
     assert training == [c.id for c in kept] and written.num_cuts == len(training)

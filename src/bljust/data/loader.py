@@ -160,19 +160,17 @@ def hold_out(cuts: CutSet, fraction: float, max_seconds: float) -> tuple[CutSet,
     utterances, and a run that resumes holds out what it held out before.
     """
     cuts = cuts.to_eager()
-    target = min(fraction * sum(c.duration for c in cuts), max_seconds)
-    held, seconds = set(), 0.0
-    for cut in sorted(cuts, key=lambda c: _hash_key(c.id)):
-        if seconds >= target:
-            break
-        held.add(cut.id)
-        seconds += cut.duration
-    return (CutSet.from_cuts([c for c in cuts if c.id not in held]),
-            CutSet.from_cuts([c for c in cuts if c.id in held]))
+    candidates = HeldOutCandidates(max_seconds)
+    for cut in cuts:
+        candidates.add(cut)
+    held = candidates.choose(fraction, sum(c.duration for c in cuts))
+    ids = frozenset(held.ids)
+    return CutSet.from_cuts([c for c in cuts if c.id not in ids]), held
 
 
 class HeldOutCandidates:
-    """``hold_out``'s choice made in one pass, holding at most ``max_seconds`` of cuts (plus one).
+    """``hold_out``'s choice, made in one pass over a split (eager, or streamed by ``write_lazy_split``),
+    holding at most ``max_seconds`` of cuts (plus one).
 
     ``hold_out`` takes cuts in hash order while the audio taken so far is under its target, and the
     target is at most ``max_seconds``; a cut preceded (in hash order) by ``max_seconds`` of audio already
