@@ -108,6 +108,16 @@ def test_joint_step_flops_are_a_supervised_plus_an_ssl_step(costs):
     assert abs(flops["joint"] - flops["supervised"] - flops["ssl"]) <= 0.1 * flops["joint"], flops
 
 
+def test_accumulated_steps_cost_their_micro_batches_flops_in_the_memory_of_one(costs):
+    cfg = load_config(TINY, ["model.dropout=0.0", "train.device=cpu", "train.accum_steps=2"])
+    two = bench.step_costs(cfg, repeats=1, device="cpu", **SMALL)
+    assert two["batch_seconds"] == 2 * costs["batch_seconds"]
+    for kind in bench.KINDS:
+        assert two["flops"][kind] == 2 * costs["flops"][kind], kind
+        # a micro-batch's graph is freed by its backward: only the gradients' buffers are added
+        assert two["peak_bytes"][kind] <= 1.2 * costs["peak_bytes"][kind], (kind, two["peak_bytes"], costs["peak_bytes"])
+
+
 def test_utilisation_is_the_step_flop_rate_over_the_measured_matmul_peak(costs):
     assert costs["matmul_flop_per_s"] > 0
     assert costs["dtype"] in ("float32", "bfloat16", "float16")

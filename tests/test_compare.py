@@ -21,7 +21,7 @@ from bljust.compare.budget import (
     stream_batches,
     train_method,
 )
-from bljust.compare.jobs import plan_jobs, training_settings
+from bljust.compare.jobs import OPTIONAL_EVAL_SPLITS, plan_jobs, training_settings
 from bljust.compare.results import RUN_KEYS, SCHEMA, validate_results
 from bljust.config import load_config
 from bljust.lm import PreparedLM
@@ -71,6 +71,7 @@ def test_every_method_runs_under_each_budget_rule(rule, request):
     runs = {run["method"]: run for run in results["runs"]}
     for run in runs.values():
         assert run["budget_rule"] == rule and run["budget"] == BUDGET
+        assert not set(OPTIONAL_EVAL_SPLITS) & set(run)  # the corpus has none of them
         assert (out / run["run_dir"] / "best.pt").is_file()
         assert set(run["test"]["groups"]) == {"espeak", "flite", "festival"}
         assert run["wall_seconds"] >= run["train_seconds"] > 0
@@ -93,6 +94,7 @@ def test_every_method_runs_under_each_budget_rule(rule, request):
     title = {"passes": "equal batch passes", "labeled": "equal labeled updates"}[rule]
     markdown = (out / "report.md").read_text()
     assert markdown.startswith(f"# bljust compare ({title}): ") and f"## Cost ({title})" in markdown
+    assert results["selection"].endswith("); test evaluated once") and "dev_other" not in markdown
     assert "| method | labeled batches | unlabeled batches | batch passes | train min | wall min |" in markdown
     assert f"({rule} rule)" in r.stdout
 
@@ -305,6 +307,24 @@ def _record(method: str, labeled_batches: int, steps: int) -> dict:
             "dev": rates, "test": rates}
 
 
+def test_optional_splits_are_validated_like_test_when_present():
+    run = _record("supervised", 40, 40)
+    results = {"schema": SCHEMA, "data": "d", "corpus": {}, "methods": ["supervised"], "seeds": [0], "machine": {},
+               "failed": [], "runs": [run],
+               "budget": {"budget_rule": "labeled", "rule_text": "t", "unit": "labeled_updates", "value": 40}}
+    validate_results(results)  # a record without them (an older one, or a corpus without them) is valid
+    for split in OPTIONAL_EVAL_SPLITS:
+        run[split] = {"wer": 0.5, "cer": 0.3, "groups": {}, "lm": {"wer": 0.4, "cer": 0.2, "lm_weight": 1.0,
+                                                                    "word_score": 0.0}}
+    validate_results(results)
+    del run["test_other"]["lm"]["word_score"]
+    with pytest.raises(ValueError, match=r"runs\[0\]\.test_other\.lm lacks 'word_score'"):
+        validate_results(results)
+    run["dev_other"]["cer"] = 12.0
+    with pytest.raises(ValueError, match=r"runs\[0\]\.dev_other\.cer = 12.0 is not a rate"):
+        validate_results(results)
+
+
 def test_ablations_are_accounted_as_bljust_under_the_labeled_rule():
     """Supervised updates are the labeled batches, however many exploration steps came on top."""
     runs = [_record(m, 40, 70) for m in ("bljust", *ABLATIONS)]
@@ -455,7 +475,7 @@ def test_the_last_wave_of_cpu_jobs_shares_the_cores_instead_of_leaving_one_idle(
     assert cpu_threads(2, 2, 3) == 1 and cpu_threads(2, 2, 1) == 2
 
 
-# ------------------------------------------------------------------ linear probes, test_unseen and the topline
+# ------------------------------------------------------------------ linear probes, the optional splits and the topline
 
 
 def test_every_encoder_is_probed_beside_a_random_init_one(passes):
@@ -473,10 +493,14 @@ def test_every_encoder_is_probed_beside_a_random_init_one(passes):
     assert "| random init | 1 |" in section and "| BL-JUST | 1 |" in section
 
 
+COPIED = {"test_unseen": "test", "dev_other": "dev", "test_other": "test"}
+"""The scored optional splits ``_corpus`` makes, as copies of these, when the source corpus lacks them."""
+
+
 def _corpus(src, dst, optional: bool):
-    """``src``'s four splits (linked), and with ``optional`` a test_unseen and an unlabeled_text split: ``src``'s
-    own, or made here (test_unseen: a copy of test; unlabeled_text: the unlabeled split with the transcripts that
-    utterances.tsv keeps) when ``src`` was made before corpora carried them."""
+    """``src``'s four splits (linked), and with ``optional`` every optional split: ``src``'s own, or made here
+    (test_unseen, dev_other and test_other: copies of the splits ``COPIED`` names; unlabeled_text: the unlabeled split with the
+    transcripts that utterances.tsv keeps) when ``src`` lacks it."""
     import dataclasses
 
     from lhotse import SupervisionSet
@@ -490,9 +514,9 @@ def _corpus(src, dst, optional: bool):
             for path in manifest_paths(src, split):
                 (dst / path.name).symlink_to(path)
     (dst / "lm_text.txt").symlink_to(src / "lm_text.txt")
-    if optional and not has_split(dst, "test_unseen"):
-        recordings, supervisions, _ = load_split(src, "test").decompose()
-        write_split(dst, "test_unseen", recordings, supervisions)
+    for split, source in COPIED.items():
+        if optional and not has_split(dst, split):
+            write_split(dst, split, *load_split(src, source).decompose()[:2])
     if optional and not has_split(dst, "unlabeled_text"):
         rows = [line.split("\t") for line in (src / "utterances.tsv").read_text().splitlines()[1:]]
         texts = {row[0]: normalize_transcript(row[-1]) for row in rows}  # as the synthesiser writes transcripts
@@ -504,7 +528,7 @@ def _corpus(src, dst, optional: bool):
 
 @pytest.fixture(scope="module")
 def topline(tiny_corpus, tmp_path_factory):
-    """supervised and the topline, seed 0, on a corpus with test_unseen and unlabeled_text."""
+    """supervised and the topline, seed 0, on a corpus with every optional split."""
     data = _corpus(tiny_corpus, tmp_path_factory.mktemp("optional") / "data", optional=True)
     out = tmp_path_factory.mktemp("compare-topline")
     r = compare("--data", str(data), "--out", str(out), "--methods", "supervised,topline", "--seeds", "1", *ARGS)
@@ -512,12 +536,12 @@ def topline(tiny_corpus, tmp_path_factory):
     return data, out
 
 
-def test_topline_trains_supervised_on_every_transcript_and_test_unseen_is_scored(topline):
+def test_topline_trains_supervised_on_every_transcript_and_the_optional_splits_are_scored(topline):
     data, out = topline
     results = json.loads((out / "results.json").read_text())
     validate_results(results)
     runs = {run["method"]: run for run in results["runs"]}
-    assert set(runs) == {"supervised", "topline"} and {"test_unseen", "unlabeled_text"} <= set(results["corpus"])
+    assert set(runs) == {"supervised", "topline"} and {*COPIED, "unlabeled_text"} <= set(results["corpus"])
     top, sup = runs["topline"], runs["supervised"]
     assert top["settings"] == sup["settings"] + ['data.labeled_splits=["labeled", "unlabeled_text"]']
     assert top["batch_passes"] == top["labeled_batches"] == BUDGET and top["unlabeled_batches"] == 0
@@ -525,16 +549,21 @@ def test_topline_trains_supervised_on_every_transcript_and_test_unseen_is_scored
     assert top["labeled_hours"] / top["labeled_passes"] > sup["labeled_hours"] / sup["labeled_passes"]
     assert load_config(out / "runs" / "topline-seed0" / "config.yaml").data.labeled_splits == ["labeled",
                                                                                              "unlabeled_text"]
-    for run in runs.values():  # decoded once, greedily and with the LM, as test is
-        assert set(run["test_unseen"]["groups"]) and "lm" in run["test_unseen"]
-        assert run["test_unseen"]["lm"]["lm_weight"] == run["dev"]["lm"]["lm_weight"]
-        assert (out / run["run_dir"] / "eval" / "test_unseen.hyp.txt").is_file()
+    for run in runs.values():
+        for split in COPIED:  # decoded once, greedily and with the LM at dev's weight and word score, as test is
+            assert set(run[split]["groups"]) and "grid" not in run[split]["lm"]
+            chosen = ("lm_weight", "word_score")
+            assert [run[split]["lm"][k] for k in chosen] == [run["dev"]["lm"][k] for k in chosen]
+            for hyp in (f"{split}.hyp.txt", f"{split}.lm.hyp.txt"):
+                assert (out / run["run_dir"] / "eval" / hyp).is_file()
         assert 0 <= run["probe"]["cer"]
     # the random-init probe borrows supervised's units and statistics, never the topline's
     assert results["probe"]["random-init"]["model"].endswith("runs/supervised-seed0/best.pt")
     markdown = (out / "report.md").read_text()
-    assert "test_unseen CER %" in markdown and "| supervised − topline (points) |" in markdown
-    assert "test and test_unseen evaluated once" in results["selection"]
+    assert "| supervised − topline (points) |" in markdown
+    assert "| test_unseen CER % | dev_other WER % | dev_other CER % | test_other WER % | test_other CER % |" in markdown
+    assert "dev_other CER share | test_other CER share |" in markdown
+    assert "test, test_unseen, dev_other and test_other evaluated once" in results["selection"]
 
 
 def test_a_rerun_reuses_the_topline_and_the_probes(topline):
@@ -558,15 +587,23 @@ def test_the_topline_is_run_by_default_when_the_corpus_has_the_transcripts(tiny_
         comparison_methods(plain, ["toplines"])
 
 
-def test_a_corpus_that_gains_test_unseen_rescores_its_runs_without_retraining(tiny_corpus, tmp_path):
+def test_a_corpus_that_gains_a_scored_split_rescores_its_runs_without_retraining(tiny_corpus, tmp_path):
+    from bljust.compare.jobs import eval_splits
     from bljust.data.manifests import load_split, write_split
 
+    def plan():
+        return plan_jobs(load_config(TINY), data, tmp_path, ["supervised", "topline"], [0], 4)
+
     data = _corpus(tiny_corpus, tmp_path / "data", optional=False)
-    before = plan_jobs(load_config(TINY), data, tmp_path, ["supervised", "topline"], [0], 4)
-    write_split(data, "test_unseen", *load_split(tiny_corpus, "test").decompose()[:2])
-    after = plan_jobs(load_config(TINY), data, tmp_path, ["supervised", "topline"], [0], 4)
-    assert [j.key for j in after] == [j.key for j in before]
-    assert all(a.decode_key != b.decode_key for a, b in zip(after, before))
+    before = plan()
+    decode_keys = {tuple(j.decode_key for j in before)}
+    for split, source in COPIED.items():  # each split gained changes the decode keys, never the training keys
+        write_split(data, split, *load_split(tiny_corpus, source).decompose()[:2])
+        after = plan()
+        assert [j.key for j in after] == [j.key for j in before]
+        decode_keys.add(tuple(j.decode_key for j in after))
+    assert len(decode_keys) == 1 + len(COPIED)
+    assert eval_splits(data) == ("dev", "test", *COPIED)  # dev first: the LM's weight is chosen there alone
     assert before[0].key != before[1].key  # the topline is another training, under the same budget
     assert before[1].settings == before[0].settings + ['data.labeled_splits=["labeled", "unlabeled_text"]']
 

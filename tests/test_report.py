@@ -211,7 +211,7 @@ def test_compute_to_reach_ptft(tmp_path):
     assert "| PT+FT | 0 | not reached |" in section  # its validation points (0.6, 0.5) never got to 0.42
 
 
-# ------------------------------------------------------------------ topline, test_unseen and the linear probes
+# ------------------------------------------------------------------ topline, the optional scored splits and the probes
 
 TOPLINE_RATES = {("supervised", 0): (0.70, 0.50, 0.60, 0.40), ("supervised", 1): (0.72, 0.52, 0.62, 0.42),
                  ("topline", 0): (0.40, 0.20, 0.30, 0.10), ("topline", 1): (0.42, 0.22, 0.32, 0.12)}
@@ -281,6 +281,66 @@ def test_linear_probe_table_beside_random_init(tmp_path, monkeypatch):
 def test_without_topline_or_probes_the_report_says_so(report):
     _, markdown, _ = report
     assert "Needs a supervised and a topline run" in markdown and "No linear probe in these results." in markdown
+    for split in ("test_unseen", "dev_other", "test_other"):  # no run was scored on them: no column, no note
+        assert split not in markdown
+
+
+OTHER = {"dev_other": ("dev", 1.2), "test_other": ("test", 1.4)}
+"""LibriSpeech's harder splits: each run's rates on them are dev's or test's times this."""
+
+
+def _with_other_splits(out: Path, lm: bool = False) -> Path:
+    """Every run of ``out``'s results.json also scored on dev_other and test_other (``OTHER``); with ``lm``, every
+    split also decoded with the LM (its greedy rates × 0.9)."""
+    results = json.loads((out / "results.json").read_text())
+    for run in results["runs"]:
+        for split, (source, scale) in OTHER.items():
+            run[split] = {k: v * scale if k in ("wer", "cer") else v for k, v in run[source].items()}
+        if lm:
+            for split in ("dev", "test", *OTHER):
+                run[split]["lm"] = {"wer": 0.9 * run[split]["wer"], "cer": 0.9 * run[split]["cer"], "lm_weight": 1.0,
+                                    "word_score": 0.0}
+    (out / "results.json").write_text(json.dumps(results))
+    return out
+
+
+def test_dev_other_and_test_other_are_reported_beside_test_unseen(tmp_path, monkeypatch):
+    paths = write_report(_with_other_splits(_topline_out_dir(tmp_path, monkeypatch)))
+    markdown, page = paths["markdown"].read_text(), paths["html"].read_text()
+    optional = ((2, 1.5), (3, 1.5), (0, 1.2), (1, 1.2), (2, 1.4), (3, 1.4))  # (RATES index, scale) per column
+    errors = _section(markdown, "Word and character error rates")
+    assert ("| test CER % | test_unseen WER % | test_unseen CER % | dev_other WER % | dev_other CER % | "
+            "test_other WER % | test_other CER % |") in errors
+    row = next(line for line in errors.splitlines() if line.startswith("| BL-JUST | 2 |"))
+    assert [c.strip() for c in row.strip("|").split("|")][6:12] == [
+        _pct([RATES[("bljust", s)][index] * scale for s in (0, 1)]) for index, scale in optional]
+    assert "dev_other: the corpus's harder dev set" in errors and "chosen on dev alone" in errors
+    # the label gap is shared out on every split both references were scored on
+    gap = _section(markdown, "Share of the label gap recovered")
+    assert ("| method | dev CER share | test CER share | test_unseen CER share | dev_other CER share | "
+            "test_other CER share |") in gap
+    shares = []
+    for index, scale in ((1, 1.0), (3, 1.0), (3, 1.5), (1, 1.2), (3, 1.4)):
+        sup, top, bl = (_mean(m, index, scale) for m in ("supervised", "topline", "bljust"))
+        shares.append(f"{100 * (sup - bl) / (sup - top):.0f} %")
+    assert f"| BL-JUST | {' | '.join(shares)} |" in gap
+    every = _section(markdown, "Every run")
+    assert "| dev_other WER % | dev_other CER % | test_other WER % | test_other CER % | probe dev CER % |" in every
+    assert f"| {100 * (RATES[('bljust', 0)][3] * 1.4):.1f} | {100 * (RATES[('bljust', 0)][1] + 0.1):.1f} |" in every
+    assert "<th>test_other CER %</th>" in page
+
+
+def test_dev_other_and_test_other_decoded_with_the_lm(tmp_path):
+    out = _with_other_splits(_out_dir(tmp_path), lm=True)
+    summary = summarize(json.loads((out / "results.json").read_text())["runs"])["bljust"]
+    # test_other_cer is test_other's, not test's "other_cer"
+    assert summary["test_other_cer"]["mean"] == pytest.approx(1.4 * 0.27)
+    assert summary["test_cer"]["mean"] == pytest.approx(0.27)
+    assert summary["dev_other_lm_wer"]["mean"] == pytest.approx(0.9 * 1.2 * 0.56)
+    markdown = write_report(out)["markdown"].read_text()
+    errors = _section(markdown, "Word and character error rates")
+    assert "| test CER % (LM) | dev_other WER % (LM) | test_other WER % (LM) |" in errors
+    assert _pct([0.9 * (RATES[("bljust", s)][2] * 1.4) for s in (0, 1)]) in errors
     assert "test_unseen" not in markdown
 
 

@@ -5,7 +5,8 @@ Steps are timed interleaved (supervised, SSL, joint, supervised, ...) on the sam
 fixed batches, so machine load affects every kind alike; the report gives medians and the
 ratio that matters for BL-JUST's compute: joint step / (supervised step + SSL step).
 
-Each step is a whole training step as the methods take it, in the run's precision (``train.amp``,
+Each step is a whole training step as the methods take it (``train.accum_steps`` micro-batches per
+stream, each its own backward), in the run's precision (``train.amp``,
 ``train.amp_dtype``, as ``Run``): the loss(es), their backward passes, per-group clipping of the
 groups that step (as ``Run.step``) and the optimiser step. A joint step follows BL-JUST's flow:
 ``f.backward()`` frees f's graph before g's is built, then g's backward runs under
@@ -33,8 +34,8 @@ bench measures on the same device in the same run (``matmul_peak``).
 Data wait (``bljust bench --data DIR``): a ``Run`` on ``DIR`` builds the training pipeline as every
 method does (filters, speed perturbation, bucketing samplers, ``data.num_workers`` loader workers).
 Steps of each kind, interleaved, fetch their batches with ``Run.next_batch`` first, as the methods do,
-then compute features with ``Run.features`` and take the step above on them (one batch per stream:
-``train.accum_steps`` does not apply). Over N steps per kind, the time blocked in fetching is reported
+then compute features with ``Run.features`` and take the step above on them (``train.accum_steps``
+batches per stream and step, as in training). Over N steps per kind, the time blocked in fetching is reported
 as a share of the whole step time (fetching plus compute). On a small corpus an epoch is a few batches,
 and the first batch of each epoch waits for its loading, so the share is higher than on a corpus with
 long epochs.
@@ -145,20 +146,26 @@ class Steps:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def supervised(self, x: Labeled) -> None:
-        self.backward(self.f(x))
+    # Each step takes a list of micro-batches (``train.accum_steps`` of them): one backward each, one update.
+
+    def supervised(self, xs: list[Labeled]) -> None:
+        for x in xs:
+            self.backward(self.f(x) / len(xs))
         self.update(("theta", "phi"))
 
-    def ssl(self, x: Unlabeled) -> None:
-        self.backward(self.g(x))
+    def ssl(self, us: list[Unlabeled]) -> None:
+        for u in us:
+            self.backward(self.g(u) / len(us))
         self.update(("theta", "eta"))
 
-    def joint(self, x: Labeled, u: Unlabeled) -> None:
+    def joint(self, xs: list[Labeled], us: list[Unlabeled]) -> None:
         groups = self.groups
-        self.backward(self.f(x))  # ∇f into θ and φ; f's graph is freed before g's is built
+        for x in xs:  # ∇f into θ and φ; f's graph is freed before g's is built
+            self.backward(self.f(x) / len(xs))
         with penalised_gradients(groups["theta"], groups["eta"], theta_weight=JOINT_GAMMA, eta_weight=1.0,
                                  health=True, scaler=self.scaler):
-            self.backward(self.g(u))
+            for u in us:
+                self.backward(self.g(u) / len(us))
         self.update(("theta", "phi", "eta"))
 
 
@@ -178,12 +185,14 @@ class Bench(Steps):
 
     @property
     def batch_seconds(self) -> float:
-        return len(self.labeled.feats) * self.utt_seconds
+        """Audio per step and stream: ``train.accum_steps`` micro-batches (repeats of the fixed one)."""
+        return len(self.labeled.feats) * self.utt_seconds * self.cfg.train.accum_steps
 
     @property
     def steps(self) -> dict[str, Callable[[], None]]:
-        return {"supervised": lambda: self.supervised(self.labeled), "ssl": lambda: self.ssl(self.unlabeled),
-                "joint": lambda: self.joint(self.labeled, self.unlabeled)}
+        k = self.cfg.train.accum_steps
+        return {"supervised": lambda: self.supervised([self.labeled] * k), "ssl": lambda: self.ssl([self.unlabeled] * k),
+                "joint": lambda: self.joint([self.labeled] * k, [self.unlabeled] * k)}
 
 
 def make_bench(cfg: Config, batch_seconds: float = 60.0, utt_seconds: float = 5.0,
@@ -374,8 +383,9 @@ def data_wait(cfg: Config, data_dir: str | Path, steps: int = 20) -> dict:
                 feats, lens = run.features(batch, stream=1, augment=False)
                 return Unlabeled(feats, lens, batch["ids"])
 
-            take = {"supervised": lambda lab: s.supervised(labeled(lab)), "ssl": lambda unl: s.ssl(unlabeled(unl)),
-                    "joint": lambda lab, unl: s.joint(labeled(lab), unlabeled(unl))}
+            take = {"supervised": lambda lab: s.supervised([labeled(b) for b in lab]),
+                    "ssl": lambda unl: s.ssl([unlabeled(b) for b in unl]),
+                    "joint": lambda lab, unl: s.joint([labeled(b) for b in lab], [unlabeled(b) for b in unl])}
             wait = {k: 0.0 for k in KINDS}
             total = {k: 0.0 for k in KINDS}
             audio = {k: 0.0 for k in KINDS}
@@ -383,14 +393,14 @@ def data_wait(cfg: Config, data_dir: str | Path, steps: int = 20) -> dict:
                 for kind in KINDS:
                     _sync(run.device)
                     start = time.perf_counter()
-                    batches = [fetch(name) for name in STREAMS[kind]]
+                    batches = [[fetch(name) for _ in range(cfg.train.accum_steps)] for name in STREAMS[kind]]
                     fetched = time.perf_counter()
                     take[kind](*batches)
                     _sync(run.device)
                     if r:  # the first round starts the loader workers
                         wait[kind] += fetched - start
                         total[kind] += time.perf_counter() - start
-                        audio[kind] += sum(batch["seconds"] for batch in batches)
+                        audio[kind] += sum(batch["seconds"] for stream in batches for batch in stream)
         finally:
             run.close()
     return {"data_dir": str(data_dir), "steps": steps, "num_workers": cfg.data.num_workers,

@@ -126,6 +126,22 @@ def cmd_ssl_targets(args) -> int:
     return 0
 
 
+def cmd_features(args) -> int:
+    from bljust.data.manifests import OPTIONAL_SPLITS, SPLITS, has_split
+    from bljust.data.precomputed import compute_features
+
+    num_mel_bins = args.num_mel_bins
+    if args.config:
+        from bljust.config import load_config
+
+        num_mel_bins = load_config(args.config, []).features.num_mel_bins
+    splits = args.splits or [s for s in SPLITS + OPTIONAL_SPLITS if has_split(args.data, s)]
+    for split in splits:
+        print(compute_features(args.data, split, num_mel_bins, jobs=args.jobs).line(), flush=True)
+    print("train on them with: --set data.features=precomputed")
+    return 0
+
+
 def _word_decoder(args, tokenizer):
     if not args.lm:
         return None
@@ -383,6 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--device", default="cpu")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
     st.set_defaults(func=cmd_ssl_targets)
+
+    fe = sub.add_parser("features", help="precompute the log-mel features of a data directory's splits (lhotse "
+                        "lilcom archives) for data.features=precomputed")
+    fe.add_argument("data", help="data directory")
+    fe.add_argument("--splits", nargs="+", metavar="SPLIT", help="default: every split the directory has")
+    fe.add_argument("--num-mel-bins", type=int, default=80, help="must equal the runs' features.num_mel_bins")
+    fe.add_argument("--config", help="take --num-mel-bins from this YAML config (e.g. recipes/librispeech.yaml)")
+    fe.add_argument("--jobs", type=int, default=1, help="parallel processes, each writing one archive")
+    fe.set_defaults(func=cmd_features)
 
     e = sub.add_parser("evaluate", help="WER/CER of a trained model on a split")
     e.add_argument("run", help="run directory or model file")

@@ -56,6 +56,12 @@ class DataConfig:
     and writes what trains to ``RUN/lazy/{split}_cuts.jsonl.gz``, which the sampler then reads anew each
     epoch; the held-out unlabeled utterances are chosen in that pass. Each split's supervisions must
     come in their recordings' order. Dev and test stay in memory; pseudo-labeling does not support it."""
+    features: Literal["audio", "precomputed"] = "audio"
+    """Where log-mel features come from: ``audio``, computed from the waveform in the trainer (on its device);
+    ``precomputed``, read from what ``bljust features DATA`` stored for every split the run reads (labeled,
+    unlabeled, dev; lilcom archives), so the loader decodes no audio. Missing or stale features (manifests
+    changed since) are an error naming the file. Speed-perturbed copies are computed from audio either way;
+    ``bljust evaluate``, ``transcribe`` and ``compare``'s test scoring read audio (the model's front-end)."""
     labeled_splits: list[str] = field(default_factory=lambda: ["labeled"])
     """The splits whose union is the labeled training set (each needs transcripts). ``bljust compare``'s
     topline trains on ``[labeled, unlabeled_text]``: the unlabeled utterances with their transcripts."""

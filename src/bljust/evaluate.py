@@ -62,8 +62,7 @@ def decode_cuts(model, tokenizer, cuts, device: torch.device, max_duration: floa
     for batch in eval_batches(cuts, max_duration, num_workers, skipped=skipped):
         if not batch["ids"]:
             continue
-        wav, wav_lens = batch["wav"].to(device), batch["wav_lens"].to(device)
-        feats, feat_lens = model.frontend(wav, wav_lens)
+        feats, feat_lens = model.frontend.from_batch(batch, device)
         with autocast(device, amp):
             hidden, lens = model.encode(feats, feat_lens)
             seqs, conf = model.decode(hidden, lens, beam)

@@ -133,7 +133,7 @@ def encode(model: ASRModel, cuts, device: torch.device, *, layer: int, amp: bool
     for batch in eval_batches(cuts, max_duration, skipped=skipped):
         if not batch["ids"]:
             continue
-        feats, lens = model.frontend(batch["wav"].to(device), batch["wav_lens"].to(device))
+        feats, lens = model.frontend.from_batch(batch, device)
         with autocast(device, amp):
             hidden, hidden_lens = model.encoder(feats, lens, layer=layer)
         for b, (cid, text) in enumerate(zip(batch["ids"], batch["texts"])):

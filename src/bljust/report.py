@@ -24,21 +24,25 @@ matplotlib.use("Agg")  # the report only writes files: no display needed, no win
 import matplotlib.pyplot as plt
 
 from bljust.compare.budget import ABLATIONS, RULE_TITLES, TOPLINE
-from bljust.compare.jobs import RANDOM_INIT
+from bljust.compare.jobs import EVAL_SPLITS, OPTIONAL_EVAL_SPLITS, RANDOM_INIT
 from bljust.methods import METHOD_LABELS
 
-SUMMARY_KEYS = ("dev_wer", "dev_cer", "test_wer", "test_cer", "dev_lm_wer", "dev_lm_cer", "test_lm_wer", "test_lm_cer",
-                "test_unseen_wer", "test_unseen_cer", "test_unseen_lm_wer", "test_unseen_lm_cer", "probe_cer",
-                "train_seconds", "audio_hours", "batch_passes")
-NODES = ("test_unseen", "dev", "test", "probe")
-"""Run-record entries that hold rates: key ``test_unseen_cer`` is ``run["test_unseen"]["cer"]`` (longest first, so
+SCORED_SPLITS = (*EVAL_SPLITS, *OPTIONAL_EVAL_SPLITS)
+SUMMARY_KEYS = (*(f"{split}_{rate}" for split in SCORED_SPLITS for rate in ("wer", "cer", "lm_wer", "lm_cer")),
+                "probe_cer", "train_seconds", "audio_hours", "batch_passes")
+NODES = tuple(sorted((*SCORED_SPLITS, "probe"), key=len, reverse=True))
+"""Run-record entries that hold rates: key ``test_other_cer`` is ``run["test_other"]["cer"]`` (longest first, so
 that it is not read as test's), ``probe_cer`` the linear probe's dev CER."""
+SPLIT_NOTES = {"test_unseen": "a test set of voices in no other split",
+               "dev_other": ("the corpus's harder dev set (LibriSpeech's dev-other), reported only: the checkpoint and "
+                             "the LM's weight and word score are chosen on dev alone"),
+               "test_other": "the corpus's harder test set (LibriSpeech's test-other)"}
+"""What the error table says of each of OPTIONAL_EVAL_SPLITS that it shows."""
 EXTRA_LABELS = {TOPLINE: "topline (all transcribed)", RANDOM_INIT: "random init",
                 "bljust-no-explore": "BL-JUST, N1 = 0", "bljust-no-finetune": "BL-JUST, N3 = 0",
                 "bljust-const-gamma": "BL-JUST, constant γ"}
-GAP_KEYS = (("dev_cer", "dev CER"), ("test_cer", "test CER"), ("test_unseen_cer", "test_unseen CER"),
-            ("dev_lm_wer", "dev WER (LM)"), ("test_lm_wer", "test WER (LM)"),
-            ("test_unseen_lm_wer", "test_unseen WER (LM)"))
+GAP_KEYS = (*((f"{split}_cer", f"{split} CER") for split in SCORED_SPLITS),
+            *((f"{split}_lm_wer", f"{split} WER (LM)") for split in SCORED_SPLITS))
 """The error rates whose label gap (supervised − topline) the report shares out, when both have them."""
 COST_COLUMNS = (  # (header, results key, format, scale)
     ("labeled batches", "labeled_batches", ",.0f", 1), ("unlabeled batches", "unlabeled_batches", ",.0f", 1),
@@ -93,6 +97,11 @@ def _value(run: dict, key: str) -> float | None:
 
 def _has_lm(s: dict, methods: list[str]) -> bool:
     return any(s[m]["test_lm_wer"]["n"] for m in methods)
+
+
+def _optional_splits(s: dict, methods: list[str]) -> list[str]:
+    """The optional scored splits some run was scored on: only they get columns."""
+    return [split for split in OPTIONAL_EVAL_SPLITS if any(s[m][f"{split}_cer"]["n"] for m in methods)]
 
 
 def _stats(values) -> dict:
@@ -319,14 +328,13 @@ def _setup(inp: Inputs) -> list[tuple]:
 
 def _error_rows(methods: list[str], s: dict, with_relative: bool) -> tuple[list[str], list[list[str]]]:
     """The WER/CER table: one row per method; optionally the relative changes against REFERENCES."""
-    header = ["method", "seeds", "dev WER %", "dev CER %", "test WER %", "test CER %"]
-    unseen = any(s[m]["test_unseen_cer"]["n"] for m in methods)
-    if unseen:
-        header += ["test_unseen WER %", "test_unseen CER %"]
+    optional = _optional_splits(s, methods)
+    header = ["method", "seeds", "dev WER %", "dev CER %", "test WER %", "test CER %",
+              *(f"{split} {rate} %" for split in optional for rate in ("WER", "CER"))]
     lm = _has_lm(s, methods)
     if lm:
-        header += ["dev WER % (LM)", "test WER % (LM)", "test CER % (LM)"] + (["test_unseen WER % (LM)"] if unseen
-                                                                               else [])
+        header += ["dev WER % (LM)", "test WER % (LM)", "test CER % (LM)",
+                   *(f"{split} WER % (LM)" for split in optional)]
     refs = REFERENCES if with_relative else ()
     compared = ("test_wer", "test_cer") + (("test_lm_wer",) if lm else ())
     for ref in refs:
@@ -341,11 +349,10 @@ def _error_rows(methods: list[str], s: dict, with_relative: bool) -> tuple[list[
         cer = _pct(s[m]["test_cer"])
         row = [_label(m), str(n), _pct(s[m]["dev_wer"]), _pct(s[m]["dev_cer"]), _pct(s[m]["test_wer"]),
                Bold(cer) if m == best else cer]
-        if unseen:
-            row += [_pct(s[m]["test_unseen_wer"]), _pct(s[m]["test_unseen_cer"])]
+        row += [_pct(s[m][f"{split}_{rate}"]) for split in optional for rate in ("wer", "cer")]
         if lm:
             row += [_pct(s[m]["dev_lm_wer"]), _pct(s[m]["test_lm_wer"]), _pct(s[m]["test_lm_cer"])]
-            row += [_pct(s[m]["test_unseen_lm_wer"])] if unseen else []
+            row += [_pct(s[m][f"{split}_lm_wer"]) for split in optional]
         for ref in refs:
             for key in compared:
                 change = _relative(s[m][key]["mean"], s[ref][key]["mean"] if ref in s else None)
@@ -355,6 +362,7 @@ def _error_rows(methods: list[str], s: dict, with_relative: bool) -> tuple[list[
 
 
 def _errors(inp: Inputs) -> list[tuple]:
+    notes = "".join(f" {split}: {SPLIT_NOTES[split]}." for split in _optional_splits(inp.summary, inp.methods))
     blocks = [("h", 2, "Word and character error rates"),
               ("p", ("Mean ± sample standard deviation over seeds, in %. Relative change = (x − ref) / ref "
                      "of the means, in %; negative is better; – when the reference method did not run. "
@@ -363,8 +371,7 @@ def _errors(inp: Inputs) -> list[tuple]:
                         "is a reference, not in the running." if TOPLINE in inp.methods else "")
                      + (" BL-JUST's ablations are variants of BL-JUST, not in the running either."
                         if any(m in ABLATIONS for m in inp.methods) else "")
-                     + (" test_unseen: a test set of voices in no other split." if any(
-                         inp.summary[m]["test_unseen_cer"]["n"] for m in inp.methods) else "")
+                     + notes
                      + (" Columns marked (LM): a lexicon beam search with the word n-gram LM, its weight and word "
                         "score chosen per run on dev WER (each run's grid is in results.json); the others are "
                         "greedy CTC decoding." if _has_lm(inp.summary, inp.methods) else ""))),
@@ -826,10 +833,10 @@ def _costs(inp: Inputs) -> list[tuple]:
 
 def _per_run(inp: Inputs) -> list[tuple]:
     lm = _has_lm(inp.summary, inp.methods)
-    unseen = any(inp.summary[m]["test_unseen_cer"]["n"] for m in inp.methods)
+    optional = _optional_splits(inp.summary, inp.methods)
     probed = any(inp.summary[m]["probe_cer"]["n"] for m in inp.methods)
     scores = (("dev_wer", "dev_cer", "test_wer", "test_cer")
-              + (("test_unseen_wer", "test_unseen_cer") if unseen else ())
+              + tuple(f"{split}_{rate}" for split in optional for rate in ("wer", "cer"))
               + (("dev_lm_wer", "test_lm_wer") if lm else ()) + (("probe_cer",) if probed else ()))
     rows = [[_label(r["method"]), str(r.get("seed", DASH))]
             + [_num(_value(r, k), ".1f", 100) for k in scores]
@@ -837,7 +844,7 @@ def _per_run(inp: Inputs) -> list[tuple]:
                _text(r, "run_dir"), "; ".join(map(str, r.get("settings") or [])) or DASH]
             for m in inp.methods for r in inp.runs[m]]
     header = (["method", "seed", "dev WER %", "dev CER %", "test WER %", "test CER %"]
-              + (["test_unseen WER %", "test_unseen CER %"] if unseen else [])
+              + [f"{split} {rate} %" for split in optional for rate in ("WER", "CER")]
               + (["dev WER % (LM)", "test WER % (LM)"] if lm else []) + (["probe dev CER %"] if probed else [])
               + ["best step", "steps", "train min", "run directory", "settings"])
     blocks = [("h", 2, "Every run"), ("table", header, rows, 3)]

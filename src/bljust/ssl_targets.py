@@ -192,7 +192,7 @@ class AcousticFrames:
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> list[Tensor]:
-        feats, lens = self.logmel.raw(batch["wav"], batch["wav_lens"])
+        feats, lens = self.logmel.raw_batch(batch)
         out_lens = subsampled_lengths(lens)
         vectors = []
         for i in range(feats.size(0)):
@@ -218,8 +218,7 @@ class EncoderFrames:
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> list[Tensor]:
-        wav, wav_lens = batch["wav"].to(self.device), batch["wav_lens"].to(self.device)
-        feats, lens = self.model.frontend(wav, wav_lens)
+        feats, lens = self.model.frontend.from_batch(batch, self.device)
         hidden, out_lens = self.model.encoder(feats, lens, layer=self.layer)
         return [hidden[i, :int(n)].float().cpu() for i, n in enumerate(out_lens.tolist())]
 
@@ -468,8 +467,7 @@ def purity(data_dir: Path, km, frames_of, aligner: str | Path, device: str, max_
     for b in eval_batches(cuts, max_duration, skipped=SkippedAudio()):
         if not b["ids"]:
             continue
-        wav, wav_lens = b["wav"].to(device), b["wav_lens"].to(device)
-        feats, lens = model.frontend(wav, wav_lens)
+        feats, lens = model.frontend.from_batch(b, device)
         log_probs, out_lens = model(feats, lens)
         clusters = _assign(km, frames_of(b))
         for i, cut_id in enumerate(b["ids"]):

@@ -39,7 +39,7 @@ def test_normalisation_modes():
     f, _ = fe(wav, lens)
     assert f.mean(1).abs().max() < 1e-3 and (f.std(1) - 1).abs().max() < 0.05
     fe = LogMel(FeatureConfig(normalize="global"))
-    fe.set_global_stats([(wav, lens)])
+    fe.set_global_stats([{"wav": wav, "wav_lens": lens}])
     f, _ = fe(wav, lens)
     assert f.reshape(-1, 80).mean(0).abs().max() < 1e-3
 

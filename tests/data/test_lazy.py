@@ -222,3 +222,13 @@ def test_a_lazy_run_under_torchrun_shares_the_first_process_s_split(tiny_corpus,
     assert summary["dropped_utterances"] == one["dropped_utterances"] != {}
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x for x in records if x["kind"] == "dev" and "g_heldout" in x]  # both processes held the same cuts out
+
+
+def test_compare_counts_a_lazy_runs_batches_by_streaming_and_as_the_eager_count(tiny_corpus, monkeypatch):
+    from bljust.compare.budget import stream_batches
+
+    settings = ["data.speed_perturb=[0.9,1.1]", "data.heldout_unlabeled_fraction=0.3"]
+    eager = stream_batches(load_config(TINY, settings), tiny_corpus)
+    # under data.lazy the held-out utterances are chosen while streaming, not by hold_out on a loaded split
+    monkeypatch.setattr(loader, "hold_out", lambda *a, **k: pytest.fail("a split was loaded whole"))
+    assert stream_batches(load_config(TINY, [*settings, "data.lazy=true"]), tiny_corpus) == eager

@@ -55,6 +55,11 @@ def comparison_methods(data: Path, methods: list[str] | None) -> list[str]:
     return methods
 
 
+def _listed(words: list[str]) -> str:
+    """``words`` as prose: a; a and b; a, b and c."""
+    return " and ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
+
+
 def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = None, seeds: list[int] | None = None,
             config: str | Path | None = None, overrides: list[str] | None = None, budget: int | None = None,
             budget_rule: str = "passes", jobs: int | None = None, device: str = "auto",
@@ -131,7 +136,7 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
         "lm": lm.path,
         "selection": f"the checkpoint with the best dev {cfg.train.best_metric.upper()} (validated every "
                      f"{cfg.train.valid_every} steps and at the end); "
-                     + " and ".join(s for s in eval_splits(data) if s != "dev") + " evaluated once",
+                     + _listed([s for s in eval_splits(data) if s != "dev"]) + " evaluated once",
         "wall_seconds_this_invocation": time.time() - started,
         # the settings of the trained encoders' probes (the random-init one differs only in random_init)
         "probe": {"settings": probe_jobs[0].probe if probe_jobs else None, RANDOM_INIT: random_init},

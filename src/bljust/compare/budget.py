@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 from bljust.config import Config, apply_overrides, config_from_dict, to_dict
@@ -79,30 +80,38 @@ def stream_batches(cfg: Config, data: Path, seed: int | None = None) -> tuple[in
     through the duration filter.
 
     The label-length filter (which needs the tokenizer) is not applied, so this can over-count by
-    the few labeled cuts it drops.
+    the few labeled cuts it drops. Under ``data.lazy`` the splits stream through the filter into a
+    temporary file, as the run's do (``write_lazy_split``), so no split is held.
     """
-    from bljust.data.loader import BatchStream, hold_out, speed_perturbed
+    from bljust.data.loader import BatchStream, UtteranceFilter, hold_out, speed_perturbed, write_lazy_split
     from bljust.data.manifests import load_split
     from bljust.engine.run import load_labeled
 
     d = cfg.data
     seed = cfg.train.seed if seed is None else seed
+    limits = {"min_seconds": d.min_utterance_seconds, "max_seconds": min(d.max_utterance_seconds, d.max_duration)}
 
     def usable(cuts):
-        return cuts.filter(
-            lambda c: d.min_utterance_seconds <= c.duration <= min(d.max_utterance_seconds, d.max_duration)).to_eager()
+        return cuts.filter(lambda c: limits["min_seconds"] <= c.duration <= limits["max_seconds"]).to_eager()
 
-    labeled = load_labeled(data, d.labeled_splits)
+    def count(cuts, offset: int) -> int:  # the runs' seed offsets: labeled 0, unlabeled 1
+        return BatchStream(cuts, "labeled" if offset == 0 else "unlabeled", max_duration=d.max_duration,
+                           num_buckets=d.num_buckets, seed=seed + offset, buffer_size=d.buffer_size).batches_per_epoch()
+
+    labeled = load_labeled(data, d.labeled_splits, lazy=d.lazy)
     if d.speed_perturb:  # before the filter, as in training: a slowed copy can outgrow the limit
         labeled = speed_perturbed(labeled, d.speed_perturb)
+    if d.lazy:
+        with tempfile.TemporaryDirectory(prefix="bljust-budget-") as tmp:
+            labeled = write_lazy_split(labeled, Path(tmp) / "labeled.jsonl.gz", UtteranceFilter("labeled", **limits))
+            unlabeled = write_lazy_split(load_split(data, "unlabeled", lazy=True), Path(tmp) / "unlabeled.jsonl.gz",
+                                         UtteranceFilter("unlabeled", **limits),
+                                         heldout_fraction=d.heldout_unlabeled_fraction,
+                                         heldout_max_seconds=d.heldout_unlabeled_max_seconds)
+            return count(labeled.cuts, 0), count(unlabeled.cuts, 1)
     unlabeled, _ = hold_out(usable(load_split(data, "unlabeled")), d.heldout_unlabeled_fraction,
                             d.heldout_unlabeled_max_seconds)
-    counts = []
-    for offset, cuts in enumerate((usable(labeled), unlabeled)):  # the runs' seed offsets: labeled 0, unlabeled 1
-        counts.append(BatchStream(cuts, "labeled" if offset == 0 else "unlabeled", max_duration=d.max_duration,
-                                  num_buckets=d.num_buckets, seed=seed + offset,
-                                  buffer_size=d.buffer_size).batches_per_epoch())
-    return counts[0], counts[1]
+    return count(usable(labeled), 0), count(unlabeled, 1)
 
 
 def train_method(method: str) -> str:

@@ -3,11 +3,11 @@ linear probe of each trained encoder and of one random-init encoder.
 
 A job is a ``python -m bljust.compare job JOB.json`` subprocess (``run_job``) that trains, resuming
 from its checkpoints when a run was interrupted, selects ``best.pt`` on dev, evaluates it once on dev,
-test and (when the corpus has it) test_unseen, and writes ``record.json`` in its run directory. Its
-key hashes everything that decides the trained model; a finished job is reused on a re-run when the
-key matches. A probe job (``kind`` "probe", ``bljust.probe``) reads a finished run's model and writes
-its own ``record.json`` under ``probes/``, keyed by the run's key and the probe's settings. Jobs run in
-parallel: one single-threaded process per core on CPU (the last wave may share the cores, see
+test and the optional scored splits the corpus has (``OPTIONAL_EVAL_SPLITS``), and writes ``record.json``
+in its run directory. Its key hashes everything that decides the trained model; a finished job is reused
+on a re-run when the key matches. A probe job (``kind`` "probe", ``bljust.probe``) reads a finished run's
+model and writes its own ``record.json`` under ``probes/``, keyed by the run's key and the probe's settings.
+Jobs run in parallel: one single-threaded process per core on CPU (the last wave may share the cores, see
 ``may_start``), one process per GPU.
 """
 
@@ -37,8 +37,10 @@ RANDOM_INIT = "random-init"
 """The method name of the probe of a randomly initialised encoder (the floor of the probe table)."""
 EVAL_SPLITS = ("dev", "test")
 """The splits every run is evaluated on; dev first (the LM's weight and word score are chosen there)."""
-TEST_UNSEEN = "test_unseen"
-"""An optional test split of voices in no other split, evaluated beside test when the corpus has it."""
+OPTIONAL_EVAL_SPLITS = ("test_unseen", "dev_other", "test_other")
+"""The scored ones of ``bljust.data.manifests.OPTIONAL_SPLITS``, evaluated after dev and test when the corpus has
+them: test_unseen (voices in no other split), and LibriSpeech's harder dev_other and test_other. They are
+reported only: nothing (best checkpoint, LM weight and word score) is ever chosen on them, dev_other included."""
 _METHOD_ONLY = {section for sections in METHOD_SECTIONS.values() for section in sections}
 
 
@@ -146,10 +148,11 @@ def run_key(cfg: Config, data: Path, method: str, settings: list[str], rule: str
 
 
 def eval_splits(data: Path) -> tuple[str, ...]:
-    """The splits a comparison evaluates every run on: dev, test, and test_unseen when ``data`` has it."""
+    """The splits a comparison evaluates every run on: dev, test, and those of OPTIONAL_EVAL_SPLITS that ``data``
+    has (in that order, so that a corpus with test_unseen alone keeps its runs' decode keys)."""
     from bljust.data.manifests import has_split
 
-    return EVAL_SPLITS + ((TEST_UNSEEN,) if has_split(data, TEST_UNSEEN) else ())
+    return EVAL_SPLITS + tuple(s for s in OPTIONAL_EVAL_SPLITS if has_split(data, s))
 
 
 def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: list[int], budget: int,
@@ -157,7 +160,7 @@ def plan_jobs(cfg: Config, data: Path, out: Path, methods: list[str], seeds: lis
     """One job per seed × method (seed-major: the first seed of every method finishes first); ``lm`` is
     the comparison's ``bljust.lm.PreparedLM`` (None: no LM)."""
     lm_path, lm_sha, decode_key = (lm.path, lm.sha256, lm.decode_key) if lm is not None else (None, "", "")
-    if (splits := eval_splits(data)) != EVAL_SPLITS:  # a corpus that gained test_unseen re-scores, not retrains
+    if (splits := eval_splits(data)) != EVAL_SPLITS:  # a corpus that gained a scored split re-scores, not retrains
         decode_key = hashlib.sha256(json.dumps([decode_key, splits]).encode()).hexdigest()[:16]
     if cfg.model.loss == "rnnt":  # so does a change of the transducer's beam (CTC runs' keys stay as they were)
         decode_key = hashlib.sha256(json.dumps([decode_key, "rnnt_beam", cfg.decode.rnnt_beam]).encode()

@@ -7,12 +7,12 @@ import platform
 from pathlib import Path
 
 from bljust.compare.budget import ABLATIONS, BUDGET_RULES, TOPLINE, spent
-from bljust.compare.jobs import RANDOM_INIT, TEST_UNSEEN
+from bljust.compare.jobs import EVAL_SPLITS, OPTIONAL_EVAL_SPLITS, RANDOM_INIT
 from bljust.methods import METHOD_NAMES
 
-SCHEMA = "bljust.compare/4"
+SCHEMA = "bljust.compare/5"
 """/3 added the topline entry, the optional test_unseen scores and the linear probes; /4 BL-JUST's ablation
-entries."""
+entries; /5 the optional dev_other and test_other scores."""
 
 COST_KEYS = ("steps", "budget", "batch_passes", "labeled_batches", "unlabeled_batches", "train_seconds",
              "wall_seconds", "audio_hours", "labeled_hours", "unlabeled_hours", "labeled_passes", "unlabeled_passes",
@@ -26,7 +26,8 @@ RUN_KEYS = {"method": str, "seed": int, "run_dir": str, "budget_rule": str, "set
             "inference_parameters": int, "best_step": int, "dev": dict, "test": dict}
 """Every run record's keys and types. ``train_seconds``: the training steps alone; ``wall_seconds``: the
 training call with its validation, checkpoints and PL's decoding (of the invocation that finished it).
-Optional: ``test_unseen`` (dict, as ``test``) when the corpus has that split, ``probe`` (dict: the linear
+Optional: ``test_unseen``, ``dev_other`` and ``test_other`` (``OPTIONAL_EVAL_SPLITS``; each a dict as ``test``,
+its ``lm`` entry at dev's LM weight and word score) when the corpus has that split, ``probe`` (dict: the linear
 probe's dev ``cer`` and ``wer`` and its head's final train loss) once the run's probe finished."""
 
 
@@ -118,9 +119,7 @@ def validate_results(results: dict) -> None:
             unit = "batch passes" if rule == "passes" else "supervised updates"
             raise ValueError(f"results.json: {where} ({run['method']}) made {used} {unit} on a budget of "
                              f"{run['budget']}")
-        for split in ("dev", "test", TEST_UNSEEN):
-            if split == TEST_UNSEEN and split not in run:
-                continue
+        for split in (*EVAL_SPLITS, *(s for s in OPTIONAL_EVAL_SPLITS if s in run)):
             need(run, split, dict, where)
             for key in ("wer", "cer"):
                 need(run[split], key, float, f"{where}.{split}")

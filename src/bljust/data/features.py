@@ -1,12 +1,14 @@
 """Log-mel features, normalisation and SpecAugment, in plain torch.
 
-Features are computed from waveforms inside the training process (on the GPU when there is
-one) rather than precomputed: the demo corpus is regenerated often, and a 80-bin log-mel of a
-batch costs a few milliseconds next to the encoder.
+By default features are computed from waveforms inside the training process (on the GPU when
+there is one): the demo corpus is regenerated often, and a 80-bin log-mel of a batch costs a few
+milliseconds next to the encoder. At scale ``bljust features`` stores the same raw log-mel
+(``bljust.data.precomputed``); either way normalisation happens in the model (``LogMel.normalise``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -74,7 +76,23 @@ class LogMel(nn.Module):
 
     @torch.no_grad()
     def forward(self, wav: Tensor, wav_lens: Tensor) -> tuple[Tensor, Tensor]:
-        feats, lens = self.raw(wav, wav_lens)
+        return self.normalise(*self.raw(wav, wav_lens))
+
+    def raw_batch(self, batch: dict, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """A loader batch's raw log-mel and lengths: its stored features (``feats``), or computed from ``wav``."""
+        device = device or self.mean.device
+        if "feats" in batch:
+            return batch["feats"].to(device, non_blocking=True), batch["feat_lens"].to(device)
+        return self.raw(batch["wav"].to(device, non_blocking=True), batch["wav_lens"].to(device))
+
+    @torch.no_grad()
+    def from_batch(self, batch: dict, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """A loader batch's normalised log-mel and lengths (stored features or audio alike)."""
+        return self.normalise(*self.raw_batch(batch, device))
+
+    @torch.no_grad()
+    def normalise(self, feats: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw log-mel (B, T, F) → normalised (``features.normalize``), zero past each length."""
         mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < lens[:, None])[..., None]
         if self.normalize == "global":
             feats = (feats - self.mean) / self.std
@@ -87,12 +105,12 @@ class LogMel(nn.Module):
 
     @torch.no_grad()
     def set_global_stats(self, batches) -> None:
-        """Estimate the global mean/std from an iterable of (wav, wav_lens) batches."""
+        """Estimate the global mean/std from an iterable of loader batches (``raw_batch``)."""
         total = torch.zeros(self.num_mel_bins, dtype=torch.float64)
         total_sq = torch.zeros(self.num_mel_bins, dtype=torch.float64)
         count = 0
-        for wav, wav_lens in batches:
-            feats, lens = self.raw(wav.to(self.mean.device), wav_lens.to(self.mean.device))
+        for batch in batches:
+            feats, lens = self.raw_batch(batch)
             mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < lens[:, None]
             valid = feats[mask].double().cpu()
             total += valid.sum(0)
@@ -104,6 +122,18 @@ class LogMel(nn.Module):
         std = (total_sq / count - mean ** 2).clamp(min=1e-8).sqrt()
         self.mean.copy_(mean.float())
         self.std.copy_(std.float())
+
+
+@functools.lru_cache(maxsize=4)
+def _logmel(num_mel_bins: int) -> LogMel:
+    return LogMel(FeatureConfig(num_mel_bins=num_mel_bins))
+
+
+def raw_logmel(wav: Tensor, num_mel_bins: int) -> Tensor:
+    """One waveform's raw log-mel (T, num_mel_bins), as ``LogMel.raw`` computes it (a loader worker's
+    fallback for a cut without stored features)."""
+    feats, _ = _logmel(num_mel_bins).raw(wav[None], torch.tensor([wav.numel()]))
+    return feats[0]
 
 
 def spec_augment(feats: Tensor, lens: Tensor, cfg: SpecAugmentConfig, generator: torch.Generator) -> Tensor:

@@ -27,7 +27,8 @@ from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 from torch.utils.data import DataLoader, Dataset
 
 from bljust.data.audio import BadAudio, SkippedAudio, file_problem, load_checked
-from bljust.data.features import num_frames
+from bljust.data.precomputed import load_checked_features
+from bljust.data.features import num_frames, raw_logmel
 from bljust.data.manifests import SAMPLE_RATE, cut_text
 from bljust.engine import TrainingFailed
 
@@ -263,40 +264,52 @@ class _NotIn:
 
 def speed_perturbed(cuts: CutSet, factors: list[float]) -> CutSet:
     """``cuts`` plus one speed-changed copy per factor (lhotse resamples on load; ids get ``_sp<f>``); lazy
-    when ``cuts`` is (each copy then reads ``cuts`` anew)."""
+    when ``cuts`` is (each copy then reads ``cuts`` anew). A copy has no stored features (the loader
+    computes its log-mel from audio): they are dropped first, as lhotse's perturbation would detach
+    them from the original cut as well as the copy."""
+    source = cuts.drop_features()
     if cuts.is_lazy:
-        return sum((cuts.perturb_speed(f) for f in factors), start=cuts)
-    cuts = cuts.to_eager()
+        return sum((source.perturb_speed(f) for f in factors), start=cuts)
+    cuts, source = cuts.to_eager(), source.to_eager()
     out = list(cuts)
     for f in factors:
-        out += list(cuts.perturb_speed(f))
+        out += list(source.perturb_speed(f))
     return CutSet.from_cuts(out)
 
 
 class AudioDataset(Dataset):
-    """lhotse-style map dataset: a CutSet batch in, padded waveforms out.
+    """lhotse-style map dataset: a CutSet batch in, padded waveforms out, or padded raw log-mel
+    (``feats``, ``feat_lens``) when the batch's cuts carry precomputed features (``data.features``).
 
-    Audio that fails ``load_checked`` is dropped from the batch and listed in ``failed`` (as
-    ``AudioProblem`` fields), so one bad file cannot stop a long run or poison a batch; a
-    ``SkippedAudio`` in the trainer's process logs it: a worker has no log handlers of the run.
+    Audio that fails ``load_checked`` (or stored features that fail ``load_checked_features``) is
+    dropped from the batch and listed in ``failed`` (as ``AudioProblem`` fields), so one bad file
+    cannot stop a long run or poison a batch; a ``SkippedAudio`` in the trainer's process logs it: a
+    worker has no log handlers of the run. In a batch where some cuts have features and others (a
+    speed-perturbed copy) have not, the latter's log-mel is computed here from their audio.
     """
 
     def __getitem__(self, cuts: CutSet) -> dict:
-        wavs, ids, texts, durations, failed = [], [], [], [], []
+        bins = next((c.features.num_features for c in cuts if c.has_features), None)
+        items, ids, texts, durations, failed = [], [], [], [], []
         for cut in cuts:
             try:
-                audio = load_checked(cut)
+                if bins is None:
+                    item = torch.from_numpy(load_checked(cut)[0]).float()
+                elif cut.has_features:
+                    item = torch.from_numpy(load_checked_features(cut, bins))
+                else:
+                    item = raw_logmel(torch.from_numpy(load_checked(cut)[0]).float(), bins)
             except BadAudio as e:
                 failed.append(vars(e.problem).copy())
                 continue
-            wavs.append(torch.from_numpy(audio[0]).float())
+            items.append(item)
             ids.append(cut.id)
             texts.append(cut_text(cut))
             durations.append(cut.duration)
-        lens = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
-        wav = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True) if wavs else torch.zeros(0, 0)
-        return {"wav": wav, "wav_lens": lens, "ids": ids, "texts": texts,
-                "seconds": float(sum(durations)), "failed": failed}
+        lens = torch.tensor([len(x) for x in items], dtype=torch.long)
+        padded = torch.nn.utils.rnn.pad_sequence(items, batch_first=True) if items else torch.zeros(0, 0)
+        data = {"wav": padded, "wav_lens": lens} if bins is None else {"feats": padded, "feat_lens": lens}
+        return {**data, "ids": ids, "texts": texts, "seconds": float(sum(durations)), "failed": failed}
 
 
 class _SkipSampler(torch.utils.data.Sampler):

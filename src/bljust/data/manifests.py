@@ -71,12 +71,18 @@ def _cannot_cut(data_dir: str | Path, split: str, e: Exception) -> ValueError:
                       f"'bljust corpus check {data_dir}' names the bad supervisions and --write-clean drops them")
 
 
-def load_split(data_dir: str | Path, split: str, lazy: bool = False) -> CutSet:
+def load_split(data_dir: str | Path, split: str, lazy: bool = False, *, precomputed_bins: int | None = None) -> CutSet:
     """One cut per supervision segment of ``split`` (one of SPLITS or OPTIONAL_SPLITS), in manifest order.
 
     ``lazy``: a CutSet that reads the manifests anew on every pass (``StreamedSplit``) and holds one
-    recording at a time, for splits too large for memory; the cuts are those of the eager set."""
+    recording at a time, for splits too large for memory; the cuts are those of the eager set.
+    ``precomputed_bins``: the same cuts with the log-mel features ``bljust features`` stored
+    (``bljust.data.precomputed``), which must have this many mel bins."""
     rec_path, sup_path = _split_paths(data_dir, split)
+    if precomputed_bins is not None:
+        from bljust.data.precomputed import load_feature_split
+
+        return load_feature_split(data_dir, split, precomputed_bins, lazy=lazy)
     if lazy:
         return CutSet(StreamedSplit(data_dir, split))
     recordings = RecordingSet.from_file(rec_path)

@@ -136,9 +136,8 @@ class PenaltyGap:
 
 def make_features(model, batch: dict, device: torch.device, *, train: bool, cfg: Config,
                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Waveforms → normalised log-mel, with SpecAugment in training."""
-    wav, wav_lens = batch["wav"].to(device, non_blocking=True), batch["wav_lens"].to(device)
-    feats, lens = model.frontend(wav, wav_lens)
+    """A batch's waveforms or stored features → normalised log-mel, with SpecAugment in training."""
+    feats, lens = model.frontend.from_batch(batch, device)
     if train and cfg.features.spec_augment:
         feats = spec_augment(feats, lens, cfg.features.augment, generator)
     return feats, lens

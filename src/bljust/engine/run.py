@@ -72,12 +72,12 @@ def restore_state(state: object, saved: dict) -> object:
     return state
 
 
-def load_labeled(data_dir: Path, splits: list[str], lazy: bool = False) -> CutSet:
+def load_labeled(data_dir: Path, splits: list[str], lazy: bool = False, precomputed_bins: int | None = None) -> CutSet:
     """The union of ``splits`` (``data.labeled_splits``), in their order; an utterance in two of them is an error
-    (found as a lazy union streams: ``LabeledUnion``)."""
+    (found as a lazy union streams: ``LabeledUnion``). ``precomputed_bins``: as ``load_split``'s."""
     if lazy:
-        return CutSet(LabeledUnion(data_dir, splits))
-    cuts = [load_split(data_dir, split) for split in splits]
+        return CutSet(LabeledUnion(data_dir, splits, precomputed_bins))
+    cuts = [load_split(data_dir, split, precomputed_bins=precomputed_bins) for split in splits]
     seen: dict[str, str] = {}
     for split, split_cuts in zip(splits, cuts):
         for cut in split_cuts:
@@ -96,15 +96,15 @@ class LabeledUnion:
     """The lazy union of ``splits`` (a re-iterable source of a lazy CutSet); each pass holds the ids it has
     read (not the cuts), to refuse an utterance met twice."""
 
-    def __init__(self, data_dir: Path, splits: list[str]):
-        self.data_dir, self.splits = data_dir, list(splits)
+    def __init__(self, data_dir: Path, splits: list[str], precomputed_bins: int | None = None):
+        self.data_dir, self.splits, self.precomputed_bins = data_dir, list(splits), precomputed_bins
         for split in self.splits:  # a missing split is an error now, not at the first pass
-            load_split(data_dir, split, lazy=True)
+            load_split(data_dir, split, lazy=True, precomputed_bins=precomputed_bins)
 
     def __iter__(self):
         seen: dict[str, str] = {}
         for split in self.splits:
-            for cut in load_split(self.data_dir, split, lazy=True):
+            for cut in load_split(self.data_dir, split, lazy=True, precomputed_bins=self.precomputed_bins):
                 if cut.id in seen:
                     raise _twice(self.data_dir, cut.id, seen[cut.id], split)
                 seen[cut.id] = split
@@ -160,8 +160,11 @@ class Run:
         self.bad_batches: list[dict] = [] if self.ckpt is None else list(self.ckpt["bad_batches"])
         self._step_ids: list[str] = []  # the cut ids of the step being taken
         self.total_steps = 0
-        self.labeled = load_labeled(self.data_dir, cfg.data.labeled_splits, lazy=cfg.data.lazy)
-        dev = load_split(self.data_dir, "dev")
+        # data.features=precomputed: every split the run reads carries the features `bljust features` stored
+        self.precomputed_bins = cfg.features.num_mel_bins if cfg.data.features == "precomputed" else None
+        self.labeled = load_labeled(self.data_dir, cfg.data.labeled_splits, lazy=cfg.data.lazy,
+                                    precomputed_bins=self.precomputed_bins)
+        dev = load_split(self.data_dir, "dev", precomputed_bins=self.precomputed_bins)
         if self.ckpt is not None:
             self.tokenizer: Tokenizer = tokenizer_from_state(self.ckpt["tokenizer"])
         else:
@@ -182,8 +185,7 @@ class Run:
         self.dev = dev.filter(lambda c: bool(cut_text(c))).to_eager()
         if cfg.features.normalize == "global" and self.ckpt is None:
             sample = self.labeled.subset(first=500)  # the first 500 cuts, or all when fewer; lazy or not
-            self.model.frontend.set_global_stats((b["wav"], b["wav_lens"])
-                                                 for b in eval_batches(sample, 120.0, skipped=self.skipped))
+            self.model.frontend.set_global_stats(eval_batches(sample, 120.0, skipped=self.skipped))
 
         self.streams: dict[str, BatchStream] = {}
         self.heldout = CutSet.from_cuts([])  # unlabeled utterances no method trains on (load_unlabeled)
@@ -264,12 +266,14 @@ class Run:
         only the held-out ones are held."""
         d = self.cfg.data
         if d.lazy:
-            split = self._write_lazy(load_split(self.data_dir, "unlabeled", lazy=True), "unlabeled", labeled=False,
+            split = self._write_lazy(load_split(self.data_dir, "unlabeled", lazy=True,
+                                                precomputed_bins=self.precomputed_bins), "unlabeled", labeled=False,
                                      heldout_fraction=d.heldout_unlabeled_fraction,
                                      heldout_max_seconds=d.heldout_unlabeled_max_seconds)
             cuts, self.heldout, remaining = split.cuts, split.heldout, split.num_cuts
         else:
-            cuts = self.filter(load_split(self.data_dir, "unlabeled"), "unlabeled", labeled=False)
+            cuts = self.filter(load_split(self.data_dir, "unlabeled", precomputed_bins=self.precomputed_bins),
+                               "unlabeled", labeled=False)
             cuts, self.heldout = hold_out(cuts, d.heldout_unlabeled_fraction, d.heldout_unlabeled_max_seconds)
             remaining = len(cuts)
         if self.ssl_targets is not None:
