@@ -246,6 +246,23 @@ def cmd_compare(args) -> int:
     return _print_results(results, Path(args.out))
 
 
+def cmd_sweep(args) -> int:
+    from bljust.compare.sweep import sweep
+
+    results = sweep(args.data, args.out, grid=args.grid, method=args.method, seeds=args.seeds,
+                    random_points=args.random, config=args.config, overrides=args.set or [], budget=args.budget,
+                    budget_rule=args.budget_rule, jobs=args.jobs, device=args.device, progress=not args.no_progress)
+    chosen = results["chosen"]
+    print(f"chosen on {results['metric']}: " + ", ".join(f"{k}={v}" for k, v in chosen["settings"].items()))
+    for s in results["sensitivity"]:
+        print(f"{s['knob']}: {s['verdict']}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    for f in results["failed"]:
+        print(f"bljust sweep: {f['point']} seed {f['seed']} failed (exit code {f['exit_code']}); see {f['log']}",
+              file=sys.stderr)
+    return 1 if results["failed"] else 0
+
+
 def cmd_demo(args) -> int:
     from bljust.compare import compare
     from bljust.data.manifests import SPLITS, has_split
@@ -484,6 +501,25 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--device", default="auto", help="auto (GPUs when present), cpu or cuda")
         c.add_argument("--no-progress", action="store_true", help="no progress bar")
         c.set_defaults(func=cmd_compare if name == "compare" else cmd_demo)
+    sw = sub.add_parser("sweep", help="train one method over a grid of its settings under one budget; report the "
+                                      "dev error per point, heatmaps and which knobs matter; test only the chosen point")
+    sw.add_argument("--data", required=True)
+    sw.add_argument("--out", required=True, help="sweep directory (sweep.json, report.md, points/)")
+    sw.add_argument("--config", help="YAML config (e.g. recipes/demo.yaml)")
+    sw.add_argument("--method", default="bljust", help="the method swept (default bljust)")
+    sw.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                    help="a knob and its values, e.g. bljust.gamma_max=0.1,0.3,1 (repeat for more knobs; list values "
+                         "in brackets: data.speed_perturb=[],[0.9,1.1])")
+    sw.add_argument("--random", type=int, metavar="K", help="run K points drawn from the grid instead of all of it")
+    sw.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per point (default 1; 2+ gives a seed spread)")
+    sw.add_argument("--budget", type=int, help="per run, as compare's (default: the config's train.max_steps)")
+    sw.add_argument("--budget-rule", choices=BUDGET_RULES, default=BUDGET_RULES[0])
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value for every point")
+    sw.add_argument("--jobs", type=int, help="runs at a time (default: one per CPU core, or one per GPU)")
+    sw.add_argument("--device", default="auto")
+    sw.add_argument("--no-progress", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
+
     b = sub.add_parser("bench", help="time a supervised, an SSL and a BL-JUST joint step side by side")
     b.add_argument("--config", help="YAML config (default: the built-in defaults)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE")

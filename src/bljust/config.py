@@ -329,9 +329,15 @@ class BLJustConfig:
     """α, peak learning rate of the joint steps."""
     tau: float = 3e-4
     """τ, peak learning rate of the final fine-tuning steps."""
-    gamma_schedule: Literal["linear", "cosine", "step", "constant"] = "linear"
+    gamma_schedule: Literal["linear", "cosine", "step", "constant", "auto"] = "linear"
     """How γ grows with progress through the run's joint steps (all outer epochs together, so it ramps for
-    any K, one included): linear or cosine ramp, stairs, or constant γ_max."""
+    any K, one included): linear or cosine ramp, stairs, or constant γ_max. 'auto' sets γ at every joint
+    step from the gradients themselves: θ's penalty share ‖γ∇θg‖ / ‖∇θf‖ follows a target that ramps
+    linearly from 0 to ``auto_ratio`` over ``ramp_fraction`` of the joint steps, so γ = target ·
+    ‖∇θf‖ / ‖∇θg‖ (running averages of the two norms over the joint steps, taken on every process), capped at
+    γ_max. Why: the γ that balances the two levels depends on the scales of f and g, which change with the
+    SSL loss, the model, the data and the training stage; a target share of θ's step is one number that
+    means the same everywhere, where γ_max has to be searched per setting."""
     gamma_0: float = 0.0
     """γ at the first joint step (ignored by 'constant')."""
     gamma_max: float = 1.0
@@ -340,6 +346,13 @@ class BLJustConfig:
     """Fraction of the run's joint steps after which γ reaches γ_max."""
     gamma_stairs: int = 4
     """Number of equal increments of the 'step' schedule."""
+    auto_ratio: float = 0.5
+    """'auto' schedule: the target of ‖γ∇θg‖ / ‖∇θf‖ once ramped, i.e. how large the penalty's push on the
+    shared encoder is next to the supervised one (1: as large). γ_max still caps γ: raise it when the
+    logged ``gamma`` sits at the cap."""
+    auto_decay: float = 0.9
+    """'auto' schedule: the decay of the running averages of ‖∇θf‖ and ‖∇θg‖ (per joint step); they smooth
+    out the batch-to-batch noise of the norms that γ is set from."""
     pbgd_scaling: bool | None = None
     """PBGD's step rule (Shen & Chen): a joint step follows the penalised objective's gradient scaled by
     min(1, 1/γ), i.e. θ ← s(∇f + γ∇g), φ ← s∇f, η ← sγ∇g with s = min(1, 1/γ). Off, η follows ∇g unscaled
@@ -365,6 +378,8 @@ class BLJustConfig:
         _check(0 <= self.gamma_0 <= self.gamma_max, "bljust: need 0 <= gamma_0 <= gamma_max")
         _check(0 < self.ramp_fraction <= 1, "bljust.ramp_fraction must be in (0, 1]")
         _check(self.gamma_stairs >= 1, "bljust.gamma_stairs must be >= 1")
+        _check(self.auto_ratio > 0, "bljust.auto_ratio must be > 0")
+        _check(0 <= self.auto_decay < 1, "bljust.auto_decay must be in [0, 1)")
 
 
 @dataclass

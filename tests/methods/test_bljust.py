@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from bljust.engine.dist import Dist
 from bljust.engine.objectives import Objectives, f_objective, penalised_gradients
 from bljust.engine.optim import build_optimizer, clip_groups, lr_factor
 from bljust.methods import bljust
-from bljust.methods.bljust import UNITS, Plan, gamma_at, learning_rate, make_plan, penalty_weights, plan_cost
+from bljust.methods.bljust import UNITS, GradNorms, Plan, gamma_at, learning_rate, make_plan, penalty_weights, plan_cost
 from bljust.models.asr import ASRModel
 from tests.conftest import TINY
 
@@ -192,6 +193,34 @@ def test_gamma_schedules_keep_their_promises():
 
     const = BLJustConfig(gamma_schedule="constant", gamma_max=0.3)
     assert {gamma_at(const, j, J) for j in range(J)} == {0.3}
+
+
+def test_auto_gamma_is_the_ramped_target_share_over_the_gradient_norm_ratio_capped_at_gamma_max():
+    auto = BLJustConfig(gamma_schedule="auto", auto_ratio=0.5, ramp_fraction=0.5, gamma_max=3.0, gamma_0=0.0)
+    norms = GradNorms(f=2.0, g=0.5)  # ‖∇θf‖ / ‖∇θg‖ = 4
+    assert gamma_at(auto, 3, 10, GradNorms()) == 0.0  # nothing measured yet: γ_0
+    assert gamma_at(auto, 0, 10, norms) == 0.0
+    assert gamma_at(auto, 1, 10, norms) == pytest.approx(0.5 * 1 / 5 * 4)
+    assert gamma_at(auto, 9, 10, norms) == 2.0  # ramped: ‖γ∇θg‖ = 0.5 ‖∇θf‖
+    assert gamma_at(auto, 9, 10, GradNorms(f=2.0, g=0.1)) == 3.0  # γ_max caps it
+    running = GradNorms()
+    for f, g in ((1.0, 1.0), (3.0, 1.0), (float("nan"), 5.0)):
+        running.update(f, g, decay=0.5)
+    assert (running.f, running.g) == (2.0, 1.0)  # a non-finite step is left out
+
+
+def test_an_auto_gamma_run_holds_the_penalty_share_near_its_target(tiny_corpus, tmp_path):
+    summary, train = train_rows(tiny_corpus, tmp_path, [
+        # logging every other step: the other steps measure the norms that set γ all the same
+        "train.max_steps=28", "train.log_every=2", "bljust.outer_epochs=1", "bljust.explore_steps=2",
+        "bljust.joint_steps=24", "bljust.finetune_steps=2", "bljust.gamma_schedule=auto", "bljust.auto_ratio=0.5",
+        "bljust.ramp_fraction=0.25", "bljust.auto_decay=0.5", "bljust.gamma_max=1000"])
+    joint = [r for r in train if r["phase"] == "joint"]
+    assert len(joint) == 12 and len({r["gamma"] for r in joint}) == 12  # set anew every step
+    shares = [r["weighted_grad_g_norm"] / r["grad_f_norm"] for r in joint[3:]]  # ramped from the 6th joint step on
+    assert 0.25 < statistics.median(shares) < 1.0, shares
+    plan = next(json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"plan"' in x)
+    assert "γ: auto, ‖γ∇θg‖ / ‖∇θf‖ ramped 0 → 0.5 by 25% of the joint steps, γ ≤ 1000" in plan["text"]
 
 
 @pytest.mark.parametrize("outer_epochs", [1, 2, 7])

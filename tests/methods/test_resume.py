@@ -25,6 +25,9 @@ CASES = {
     "supervised-accum": (["train.max_steps=6", "train.accum_steps=2", "train.ema_decay=0.9"], 5),
     "bljust": (["train.max_steps=12", "bljust.outer_epochs=2", "bljust.explore_steps=2", "bljust.joint_steps=3",
                 "bljust.finetune_steps=2"], 9),           # dies in epoch 2's joint phase
+    # γ set from running gradient norms (checkpointed), with health computed on every joint step
+    "bljust-auto": (["train.max_steps=12", "bljust.outer_epochs=2", "bljust.explore_steps=2", "bljust.joint_steps=3",
+                     "bljust.finetune_steps=2", "bljust.gamma_schedule=auto"], 9),
     "ptft-pretrain": (["train.max_steps=8"], 3),          # dies while pre-training
     "ptft-finetune": (["train.max_steps=8"], 7),          # dies while fine-tuning
     "ptft-frozen": (["train.max_steps=8", "ptft.pretrain_steps=2", "ptft.freeze_encoder_steps=3",

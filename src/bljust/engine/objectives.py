@@ -75,7 +75,7 @@ def penalised_gradients(theta: list[Tensor], eta: list[Tensor], *, theta_weight:
 
     f's graph was freed by its backward pass before g's was built, so a joint step never holds both:
     its peak memory is that of the larger of a supervised and an SSL step. Yields a dict that, with
-    ``health``, holds on exit ‖∇θ f‖, ‖γ·∇θ g‖ (γ = theta_weight / f_scale) and the cosine between
+    ``health``, holds on exit ‖∇θ f‖, ‖∇θ g‖, ‖γ·∇θ g‖ (γ = theta_weight / f_scale) and the cosine between
     ∇θ f and ∇θ g, on this process's batches. ∇f is read from θ's gradients as each g pass reaches them
     (less what earlier g passes of the step added), before DDP's all-reduce, and θ's ∇g is summed over the
     passes: one extra copy of θ's gradient, on logging steps only. ``scaler``: fp16's gradient scaler, which
@@ -115,7 +115,7 @@ def penalised_gradients(theta: list[Tensor], eta: list[Tensor], *, theta_weight:
         cos = dot / (norm_f * norm_g).clamp(min=1e-12)
         norm_f, norm_g, cos = torch.stack([norm_f, norm_g, cos]).tolist()  # one host sync
         factor = scaler.get_scale() if scaler is not None else 1.0  # in ∇f and ∇g alike: it cancels in the cosine
-        values.update(grad_f_norm=norm_f / (f_scale * factor),
+        values.update(grad_f_norm=norm_f / (f_scale * factor), grad_g_norm=norm_g / factor,
                       weighted_grad_g_norm=theta_weight * norm_g / (f_scale * factor), grad_cos=cos)
 
 

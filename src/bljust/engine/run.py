@@ -427,6 +427,15 @@ class Run:
         """Whether the step being taken writes its metrics (health metrics are computed only then)."""
         return (self.counters.step + 1) % self.cfg.train.log_every == 0
 
+    def mean_norms(self, *norms: float) -> list[float]:
+        """Norms measured on this process's batches → their quadratic mean over the processes, equal on every
+        process (one all-reduce): a quantity that steers training must not differ between ranks."""
+        if not self.dist.enabled:
+            return list(norms)
+        squares = torch.tensor([n * n for n in norms], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(squares)
+        return (squares / self.dist.world_size).sqrt().tolist()
+
     def step(self, losses_ok: bool, lrs: dict[str, float]) -> tuple[bool, dict[str, float]]:
         """Clip each group's (summed) gradient on its own and apply an optimiser step with per-group learning rates.
 

@@ -9,7 +9,8 @@ constant, so a joint step follows ∇f + γ∇g on the shared encoder θ. One ru
         N2 × (b) joint:        θ -= α (∇f + γ ∇g),  φ -= α ∇f,  η -= α ∇g
     N3 × (c) fine-tuning:      (θ, φ) -= τ ∇f            on labeled batches
 
-with γ growing from γ_0 to γ_max over the run's joint steps. A joint step builds f's graph,
+with γ growing from γ_0 to γ_max over the run's joint steps (or, with ``gamma_schedule: auto``, set from
+the gradient norms so that ‖γ∇θg‖ / ‖∇θf‖ follows a ramped target). A joint step builds f's graph,
 back-propagates it, and only then builds g's, so it never holds both. ``train`` below is that
 loop, top to bottom.
 """
@@ -28,11 +29,27 @@ from bljust.engine.run import Run
 
 
 @dataclass
+class GradNorms:
+    """Running averages of ‖∇θf‖ and ‖∇θg‖ over the joint steps, which the 'auto' γ is set from."""
+
+    f: float | None = None
+    g: float | None = None
+
+    def update(self, f: float, g: float, decay: float) -> None:
+        if not (math.isfinite(f) and math.isfinite(g)):
+            return
+        self.f = f if self.f is None else decay * self.f + (1 - decay) * f
+        self.g = g if self.g is None else decay * self.g + (1 - decay) * g
+
+
+@dataclass
 class BLJustState:
     finetune_started: bool = False
     """Whether phase (c) began (its optimiser reset and stream closing happen once, not again on resume)."""
     gap: PenaltyGap = field(default_factory=PenaltyGap)
     """The smoothed g and its running minimum (the logged penalty gap)."""
+    norms: GradNorms = field(default_factory=GradNorms)
+    """The 'auto' γ's gradient norms (checkpointed, so a resumed run sets the same γ)."""
 
 
 @dataclass(frozen=True)
@@ -152,19 +169,39 @@ def plan_cost(plan: Plan, unit: str) -> int:
     return explore_cost * plan.explore_total + joint_cost * plan.joint_total + finetune_cost * plan.finetune
 
 
-def gamma_at(b: BLJustConfig, j: int, joint_total: int) -> float:
+def _ramp(b: BLJustConfig, j: int, joint_total: int) -> float:
+    """Progress 0 → 1 through the first ``ramp_fraction`` of the joint steps."""
+    ramp = b.ramp_fraction * joint_total
+    return min(j / ramp, 1.0) if ramp > 0 else 1.0
+
+
+def gamma_at(b: BLJustConfig, j: int, joint_total: int, norms: GradNorms | None = None) -> float:
     """γ at joint step ``j`` (0-based, counted over every outer epoch) of a run with ``joint_total``:
     γ_0 at the first, γ_max from ``ramp_fraction`` of the joint steps on. Indexed by the joint
-    steps, not the outer epochs, so γ ramps for any K, one included."""
+    steps, not the outer epochs, so γ ramps for any K, one included.
+
+    'auto': the ramped target of ‖γ∇θg‖ / ‖∇θf‖ (0 → ``auto_ratio``) times the ratio of the running
+    gradient norms ``norms`` (‖∇θf‖ / ‖∇θg‖), at most γ_max; γ_0 before any joint step was measured."""
     if b.gamma_schedule == "constant":
         return b.gamma_max
-    ramp = b.ramp_fraction * joint_total
-    x = min(j / ramp, 1.0) if ramp > 0 else 1.0
+    x = _ramp(b, j, joint_total)
+    if b.gamma_schedule == "auto":
+        if norms is None or norms.f is None or not norms.g:
+            return b.gamma_0
+        return min(b.gamma_max, b.auto_ratio * x * norms.f / norms.g)
     if b.gamma_schedule == "cosine":
         x = 0.5 * (1 - math.cos(math.pi * x))
     elif b.gamma_schedule == "step":
         x = math.floor(x * b.gamma_stairs + 1e-9) / b.gamma_stairs
     return b.gamma_0 + (b.gamma_max - b.gamma_0) * x
+
+
+def gamma_text(b: BLJustConfig) -> str:
+    """The γ schedule in words, for the run's plan line."""
+    if b.gamma_schedule == "auto":
+        return (f"γ: auto, ‖γ∇θg‖ / ‖∇θf‖ ramped 0 → {b.auto_ratio} by {b.ramp_fraction:.0%} of the joint steps, "
+                f"γ ≤ {b.gamma_max}")
+    return f"γ: {b.gamma_schedule} {b.gamma_0} → {b.gamma_max} by {b.ramp_fraction:.0%} of the joint steps"
 
 
 def penalty_weights(gamma: float, pbgd: bool) -> tuple[float, float]:
@@ -208,6 +245,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         unlabeled = run.add_stream("unlabeled", run.load_unlabeled(), seed_offset=1)
         plan = make_plan(b, cfg.train.max_steps, labeled.batches_per_epoch(), unlabeled.batches_per_epoch())
         pbgd = b.pbgd_scaling if b.pbgd_scaling is not None else o.name == "sgd"
+        auto = b.gamma_schedule == "auto"
         theta, eta = run.group_params("theta", "eta")
         first = "" if plan.first_explore is None else f" (first epoch: N1={plan.explore_0})"
         last = "" if plan.last_joint is None else f" (last epoch: N2={plan.joint_last})"
@@ -215,8 +253,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                      f"steps){first}{last} + N3={plan.finetune} fine-tuning steps = {plan.total} steps"
                      f"{f' ({plan.note})' if plan.note else ''}; a joint step takes 1 labeled and 1 unlabeled "
                      f"batch; labeled pass = {labeled.batches_per_epoch()} batches, unlabeled pass = "
-                     f"{unlabeled.batches_per_epoch()} batches; γ: {b.gamma_schedule} {b.gamma_0} → {b.gamma_max} "
-                     f"by {b.ramp_fraction:.0%} of the joint steps; learning rates ({b.lr_schedule} schedule, "
+                     f"{unlabeled.batches_per_epoch()} batches; {gamma_text(b)}; learning rates ({b.lr_schedule} schedule, "
                      f"{o.name}{', PBGD step scaling' if pbgd else ''}): ρ={b.rho}, α={b.alpha}, τ={b.tau}")
         run.start(plan.total, g_steps=plan.explore_total + plan.joint_total)
         run.model.train()
@@ -238,13 +275,16 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                 bl, bu = run.next_batches("labeled"), run.next_batches("unlabeled")
                 if bl is None or bu is None:
                     continue
-                gamma = gamma_at(b, plan.joint_index(k, i), plan.joint_total)
+                gamma = gamma_at(b, plan.joint_index(k, i), plan.joint_total, run.method_state.norms)
                 scale, eta_weight = penalty_weights(gamma, pbgd)
                 with run.no_sync():  # ∇f stays on this process until g's backward sums ∇f + γ∇g over processes
                     f = run.f_backward(bl, scale)  # ∇f into θ and φ, and f's graph freed before g's is built
                 with penalised_gradients(theta, eta, theta_weight=scale * gamma, eta_weight=eta_weight, f_scale=scale,
-                                         health=run.logging, scaler=run.scaler) as health:
+                                         health=run.logging or auto, scaler=run.scaler) as health:
                     g, stats = run.g_backward(bu)
+                if auto:  # every process sets the next γ from the same norms: their quadratic mean over processes
+                    run.method_state.norms.update(*run.mean_norms(health["grad_f_norm"], health["grad_g_norm"]),
+                                                  b.auto_decay)
                 lr = learning_rate(b, o, plan, run.counters.step)
                 _, norms = run.step(math.isfinite(f) and math.isfinite(g), {"theta": lr, "phi": lr, "eta": lr})
                 values = {"f": f, "g": g, "gamma": gamma, "lr": lr, **norms, **health,
