@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from pathlib import Path
 
 import pytest
 
+from bljust.compare.significance import significance
+from bljust.evaluate import error_rates, write_hypotheses
 from bljust.report import headline_table, read_metrics, summarize, write_report
 
 # (dev WER, dev CER, test WER, test CER) per method and seed
@@ -486,3 +489,134 @@ def test_learning_curves_name_the_supervised_loss_the_runs_trained(tmp_path):
     results["decoding"] = "greedy transducer (at most 3 units per frame)"
     section = _section(write_report(out, results)["markdown"].read_text(), "Learning curves")
     assert "f: RNN-T loss per token" in section and "CTC" not in section
+
+
+# ------------------------------------------------------------------ the verdict and the paired bootstrap intervals
+
+WORD_ERRORS = {"supervised": 0.3, "ptft": 0.3, "bljust": 0.2}
+"""Share of the test words each method gets wrong in its hypothesis files: BL-JUST clearly fewer than PT+FT,
+PT+FT as many as supervised."""
+WORDS = "ALPHA BRAVO CHARLIE DELTA ECHO FOXTROT GOLF HOTEL INDIA JULIET".split()
+
+
+def _decoded(rng: random.Random, error_rate: float) -> dict:
+    """300 test utterances of 8 words, each hypothesis word wrong ("ZULU") with probability ``error_rate``."""
+    refs = {f"utt{u:03d}": " ".join(WORDS[(u + i) % len(WORDS)] for i in range(8)) for u in range(300)}
+    hyps = {u: " ".join("ZULU" if rng.random() < error_rate else w for w in ref.split()) for u, ref in refs.items()}
+    return {"refs": refs, "hyps": hyps}
+
+
+def _with_hypotheses(out: Path, lm: bool = False) -> Path:
+    """Every run of ``out``'s results.json with test hypothesis files (``WORD_ERRORS``; with ``lm`` also an LM
+    decode, 0.8 × as many errors), its recorded test rates those of its files, and results.json with the
+    intervals, as compare writes them."""
+    results = json.loads((out / "results.json").read_text())
+    rng = random.Random(0)
+    for run in results["runs"]:
+        for suffix, scale in (("", 1.0), *((".lm", 0.8),) * lm):
+            decoded = _decoded(rng, WORD_ERRORS[run["method"]] * scale)
+            write_hypotheses(out / run["run_dir"] / "eval" / f"test{suffix}.hyp.txt", decoded)
+            rates = error_rates(list(decoded["refs"].values()), list(decoded["hyps"].values()))
+            node = run["test"].setdefault("lm", {"lm_weight": 1.0, "word_score": 0.0}) if suffix else run["test"]
+            node.update(wer=rates["wer"], cer=rates["cer"])
+    results["significance"] = significance(out, results["runs"])
+    (out / "results.json").write_text(json.dumps(results))
+    return out
+
+
+def _points(v: float) -> str:
+    """A difference of rates as the report prints it: signed points with a true minus sign."""
+    return f"{100 * v:+.1f}".replace("-", "−")
+
+
+def _iv(interval: dict) -> str:
+    return f"{_points(interval['diff'])} [{_points(interval['low'])}, {_points(interval['high'])}]"
+
+
+def _three_methods(tmp_path: Path, monkeypatch) -> Path:
+    """supervised, PT+FT and BL-JUST, seeds 0 and 1, BL-JUST's training 1.5 × as long."""
+    monkeypatch.setitem(RATES, ("supervised", 0), TOPLINE_RATES[("supervised", 0)])
+    monkeypatch.setitem(RATES, ("supervised", 1), TOPLINE_RATES[("supervised", 1)])
+    out = _out_dir(tmp_path, methods=("supervised", "ptft", "bljust"))
+    results = json.loads((out / "results.json").read_text())
+    for run in results["runs"]:
+        run["train_seconds"] *= 1.5 if run["method"] == "bljust" else 1
+    (out / "results.json").write_text(json.dumps(results))
+    return out
+
+
+def test_verdict_and_intervals_in_the_report_and_results_json(tmp_path, monkeypatch):
+    out = _with_hypotheses(_three_methods(tmp_path, monkeypatch))
+    sig = json.loads((out / "results.json").read_text())["significance"]
+    gain = sig["scores"]["test"]["bljust"]["ptft"]
+    assert gain["seeds"] == [0, 1] and gain["utterances"] == 300 and [p["seed"] for p in gain["per_seed"]] == [0, 1]
+    assert gain["wer"]["high"] < 0 and gain["cer"]["high"] < 0  # BL-JUST's 20 % of words wrong against 30 %
+    same = sig["scores"]["test"]["ptft"]["supervised"]
+    assert same["wer"]["low"] < 0 < same["wer"]["high"]  # both 30 %
+    assert "supervised" not in sig["scores"]["test"]  # nor its mirror, supervised against PT+FT
+    paths = write_report(out)
+    markdown, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert markdown.index("## Verdict") < markdown.index("## Setup") < markdown.index("## Is the difference real?")
+    assert "<h2>Verdict</h2>" in page
+    verdict = _section(markdown, "Verdict")
+    assert ("Best on dev: BL-JUST (dev CER 37.0 ± 1.4 %). The best method is the one with the lowest mean dev "
+            "CER") in verdict
+    assert (f"Against PT+FT, the usual recipe: BL-JUST's test WER is lower than PT+FT's: {_iv(gain['wer'])} points; "
+            f"BL-JUST's test CER is lower than PT+FT's: {_iv(gain['cer'])} points (seeds pooled; 95 % paired "
+            "bootstrap interval in brackets).") in verdict
+    assert "Compute: BL-JUST trained for 1.50 × PT+FT's training seconds" in verdict
+    section = _section(markdown, "Is the difference real? Paired bootstrap intervals")
+    assert "2000 resamples (seed 0)" in section and "seed i of a method is paired with seed i" in section
+    seeds = "; ".join(f"seed {p['seed']}: {_iv(p['wer'])}" for p in gain["per_seed"])
+    assert (f"| BL-JUST | PT+FT | test WER | 0, 1 | {_iv(gain['wer'])} | BL-JUST's test WER is lower than PT+FT's | "
+            f"{seeds} |") in section
+    assert (f"| PT+FT | supervised | test WER | 0, 1 | {_iv(same['wer'])} | the interval includes zero: no detectable "
+            "difference |") in section
+    assert "predates" not in section and "left out" not in section
+
+
+def test_results_without_intervals_get_them_from_the_hypothesis_files(tmp_path, monkeypatch):
+    out = _with_hypotheses(_three_methods(tmp_path, monkeypatch))
+    results = json.loads((out / "results.json").read_text())
+    gain = results.pop("significance")["scores"]["test"]["bljust"]["ptft"]
+    results["schema"] = "bljust.compare/5"
+    (out / "results.json").write_text(json.dumps(results))
+    markdown = write_report(out)["markdown"].read_text()
+    assert f"BL-JUST's test WER is lower than PT+FT's: {_iv(gain['wer'])} points" in _section(markdown, "Verdict")
+    assert "results.json predates these intervals" in _section(markdown, "Is the difference real?")
+
+
+def test_with_the_lm_the_verdict_ranks_by_dev_wer_with_it(tmp_path, monkeypatch):
+    """PT+FT has the lowest dev WER with the LM (BL-JUST the lowest dev CER): it is the best itself, and its gain
+    is stated against supervised training, on the LM decode's test scores."""
+    out = _three_methods(tmp_path, monkeypatch)
+    results = json.loads((out / "results.json").read_text())
+    for run in results["runs"]:
+        run["dev"]["lm"] = {"wer": 0.3 if run["method"] == "ptft" else 0.4, "cer": 0.2, "lm_weight": 1.0,
+                            "word_score": 0.0}
+    (out / "results.json").write_text(json.dumps(results))
+    sig = json.loads((_with_hypotheses(out, lm=True) / "results.json").read_text())["significance"]
+    same = sig["scores"]["test_lm"]["ptft"]["supervised"]
+    markdown = write_report(out)["markdown"].read_text()
+    verdict = _section(markdown, "Verdict")
+    assert "Best on dev: PT+FT (dev WER with the LM 30.0 ± 0.0 %)" in verdict
+    assert ("PT+FT, the usual recipe, did best itself; against supervised training: PT+FT's test WER (LM) − "
+            f"supervised's: {_iv(same['wer'])} points; the interval includes zero: no detectable difference") in verdict
+    assert "| BL-JUST | PT+FT | test CER (LM) | 0, 1 |" in _section(markdown, "Is the difference real?")
+
+
+def test_verdict_without_ptft_or_hypotheses(tmp_path, monkeypatch):
+    markdown = write_report(_out_dir(tmp_path / "a", methods=("ptft",)))["markdown"].read_text()
+    assert "PT+FT, the usual recipe, did best itself; no supervised run to compare it with." in markdown
+    for key, rates in TOPLINE_RATES.items():
+        monkeypatch.setitem(RATES, key, rates)
+    verdict = _section(write_report(_out_dir(tmp_path / "b", methods=("supervised", "bljust")))["markdown"].read_text(),
+                       "Verdict")
+    wer = _mean("bljust", 2) - _mean("supervised", 2)
+    assert (f"PT+FT, the usual recipe, did not run; against supervised training instead: BL-JUST's test WER − "
+            f"supervised's: {_points(wer)} points") in verdict
+    assert "no interval: the runs' test hypotheses were not read" in verdict
+    monkeypatch.setitem(RATES, ("supervised", 0), (0.3, 0.2, 0.3, 0.2))
+    verdict = _section(write_report(_out_dir(tmp_path / "c", methods=("supervised", "bljust")))["markdown"].read_text(),
+                       "Verdict")
+    assert "Best on dev: supervised" in verdict and "no semi-supervised method beat it on dev" in verdict

@@ -6,6 +6,9 @@ external reference), for mailing or archiving next to the run directories.
 
 Error rates are corpus-level fractions in ``results.json``, printed as percentages with one
 decimal; "±" is the sample standard deviation over seeds (ddof=1), "±–" when only one seed ran.
+Differences to PT+FT and supervised training are printed in points with their paired bootstrap interval
+(``bljust.compare.significance``), which results.json holds from schema /6 on and the report computes from
+the runs' hypothesis files for older results.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import matplotlib.pyplot as plt
 
 from bljust.compare.budget import ABLATIONS, RULE_TITLES, TOPLINE
 from bljust.compare.jobs import EVAL_SPLITS, OPTIONAL_EVAL_SPLITS, RANDOM_INIT
+from bljust.compare.significance import LEVEL, REFERENCES, Interval, significance
 from bljust.methods import METHOD_LABELS
 
 SCORED_SPLITS = (*EVAL_SPLITS, *OPTIONAL_EVAL_SPLITS)
@@ -58,8 +62,10 @@ COST_NOTES = {
                 "the unlabeled batches are the work each method's design adds on top, priced here in batch passes "
                 "and minutes."),
 }
-REFERENCES = ("ptft", "supervised")
-KEY_NAMES = {"test_wer": "test WER", "test_cer": "test CER", "test_lm_wer": "test WER (LM)"}
+KEY_NAMES = {"test_wer": "test WER", "test_cer": "test CER", "test_lm_wer": "test WER (LM)",
+             "test_lm_cer": "test CER (LM)"}
+SCORE_NAMES = {"test": "test", "test_lm": "test, with the LM"}
+"""How the report names the hypotheses of results.json's significance scores."""
 PLOTS = ("bars", "curves_f", "curves_g", "dev_cer", "bljust_gamma", "ssl_convergence", "groups")
 DASH = "–"
 CSS = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em;color:#222}"
@@ -270,6 +276,8 @@ class Inputs:
     rows: dict[int, list[dict]]  # metrics rows by id() of the run dict
     curve_runs: dict[str, dict]  # per method, the run whose curves are drawn (seed 0, else the first)
     summary: dict
+    significance: dict  # results.json's, or computed from the hypothesis files for results that predate it
+    significance_recomputed: bool
     out_dir: Path | None = None  # run directories in results.json are relative to it
 
     def curves(self, method: str) -> list[dict]:
@@ -285,13 +293,21 @@ def _load(results: dict, out_dir: Path, plots: Path) -> Inputs:
     rows = {id(r): read_metrics(out_dir / r["run_dir"] / "metrics.jsonl") if r.get("run_dir") else []
             for rs in by_method.values() for r in rs}
     curve_runs = {m: min(rs, key=lambda r: r.get("seed") != 0) for m, rs in by_method.items()}
-    return Inputs(results, plots, _methods(results), by_method, rows, curve_runs, summarize(runs), out_dir)
+    recomputed = not isinstance(results.get("significance"), dict)
+    sig = significance(out_dir, runs) if recomputed else results["significance"]
+    return Inputs(results, plots, _methods(results), by_method, rows, curve_runs, summarize(runs), sig, recomputed,
+                  out_dir)
 
 
 def _rule_title(results: dict) -> str | None:
     """The budget rule in a few words ("equal labeled updates"), None when results.json does not say."""
     rule = (results.get("budget") or {}).get("budget_rule")
     return RULE_TITLES.get(rule, rule) if rule else None
+
+
+def _title(inp: Inputs) -> list[tuple]:
+    rule = _rule_title(inp.results)
+    return [("h", 1, f"bljust compare{f' ({rule})' if rule else ''}: " + ", ".join(_label(m) for m in inp.methods))]
 
 
 def _setup(inp: Inputs) -> list[tuple]:
@@ -312,9 +328,7 @@ def _setup(inp: Inputs) -> list[tuple]:
              ["checkpoint selection", _text(r, "selection")]]
     corpus = [[split, _num(c.get("hours"), ".2f"), _text(c, "utterances"), _text(c, "speakers")]
               for split, c in (r.get("corpus") or {}).items() if isinstance(c, dict)]
-    rule = _rule_title(r)
-    blocks = [("h", 1, f"bljust compare{f' ({rule})' if rule else ''}: " + ", ".join(_label(m) for m in inp.methods)),
-              ("table", ["item", "value"], setup, 2)]
+    blocks = [("h", 2, "Setup"), ("table", ["item", "value"], setup, 2)]
     if missing := [m for m in r.get("methods") or [] if m not in inp.methods]:
         blocks.append(("p", "Listed but without any run in results.json: " + ", ".join(missing) + "."))
     if corpus:
@@ -389,6 +403,141 @@ def _errors(inp: Inputs) -> list[tuple]:
     ax.set_ylim(top=1.2 * ax.get_ylim()[1])  # room for the legend above the value labels
     ax.legend(ncol=2, loc="upper right")
     return blocks + [("figure", _save(fig, inp.plots / "bars.png"), "Test WER and CER per method")]
+
+
+def _points(v: float) -> str:
+    """A difference of rates in signed points of %, with a true minus sign (a hyphen reads as a dash)."""
+    return f"{100 * v:+.1f}".replace("-", "\u2212")
+
+
+def _interval(iv: dict) -> str:
+    return f"{_points(iv['diff'])} [{_points(iv['low'])}, {_points(iv['high'])}]"
+
+
+def _in_words(method: str, ref: str, key: str, iv: dict) -> str:
+    """Whether the interval of ``method`` − ``ref`` in ``key`` (``KEY_NAMES``) excludes zero, and on which side."""
+    direction = Interval(**iv).direction
+    if direction == 0:
+        return "the interval includes zero: no detectable difference"
+    return f"{_label(method)}'s {KEY_NAMES[key]} is {'lower' if direction < 0 else 'higher'} than {_label(ref)}'s"
+
+
+def _comparison(inp: Inputs, score: str, method: str, ref: str) -> dict | None:
+    return inp.significance.get("scores", {}).get(score, {}).get(method, {}).get(ref)
+
+
+def _significance(inp: Inputs) -> list[tuple]:
+    """Every method's test WER and CER minus PT+FT's and supervised training's, with paired bootstrap intervals:
+    the error table's relative changes do not say whether another draw of test utterances would agree."""
+    sig = inp.significance
+    blocks = [("h", 2, "Is the difference real? Paired bootstrap intervals")]
+    rows = []
+    for ref in REFERENCES:
+        for score in sig.get("scores", {}):
+            for m in inp.methods:
+                if (c := _comparison(inp, score, m, ref)) is None:
+                    continue
+                for rate in ("wer", "cer"):
+                    key = f"{score}_{rate}"
+                    per_seed = "; ".join(f"seed {p['seed']}: {_interval(p[rate])}" for p in c["per_seed"])
+                    rows.append([_label(m), _label(ref), KEY_NAMES[key], ", ".join(map(str, c["seeds"])),
+                                 _interval(c[rate]), _in_words(m, ref, key, c[rate]), per_seed])
+    if not rows:
+        blocks.append(("p", "No interval: it needs a PT+FT or supervised run and another method, both with their "
+                            "test hypotheses (eval/test.hyp.txt in their run directories)."))
+    else:
+        blocks += [
+            ("p", (f"Test error rate of the method minus the reference's, in points (negative: fewer errors), with "
+                   f"its {100 * sig['level']:g} % paired bootstrap interval (Bisani & Ney 2004): {sig['resamples']} "
+                   f"resamples (seed {sig['seed']}) of the test utterances with replacement, in each both systems' "
+                   "corpus-level rate on the same utterances (errors over reference words or characters). Seeds "
+                   f"pooled: {sig['pooling']}. Per seed: that seed's two runs alone. An interval that excludes "
+                   "zero is a difference this test set can detect; one that includes zero is not."
+                   + (" results.json predates these intervals: they were computed from the runs' hypothesis files "
+                      "when this report was written." if inp.significance_recomputed else ""))),
+            ("table", ["method", "against", "measure", "seeds", "difference, seeds pooled (points) [interval]",
+                       "in words", "per seed (points) [interval]"], rows, 7)]
+    if skipped := sig.get("skipped"):
+        blocks += [("p", "Runs left out of these intervals:"),
+                   ("table", ["method", "seed", "hypotheses", "reason"],
+                    [[_label(x["method"]), str(x["seed"]), SCORE_NAMES.get(x["score"], x["score"]), x["reason"]]
+                     for x in skipped], 4)]
+    return blocks
+
+
+VERDICT_RULE = ("The best method is the one with the lowest mean dev CER over seeds, or, when the runs were also "
+                "decoded with the word LM, the lowest mean dev WER with the LM; among the methods in the running "
+                "(not the topline, not BL-JUST's ablations). It is chosen on dev so that the test numbers below "
+                "played no part in choosing it.")
+
+
+def _best_on_dev(inp: Inputs) -> tuple[str | None, str]:
+    """(the best method by ``VERDICT_RULE``, None when no contender has the dev score; the summary key it used)."""
+    s = inp.summary
+    contenders = [m for m in inp.methods if m != TOPLINE and m not in ABLATIONS]
+    key = "dev_lm_wer" if any(s[m]["dev_lm_wer"]["n"] for m in contenders) else "dev_cer"
+    scored = {m: s[m][key]["mean"] for m in contenders if s[m][key]["mean"] is not None}
+    return (min(scored, key=scored.get) if scored else None), key
+
+
+def _gain(inp: Inputs, best: str, ref: str, score: str) -> str:
+    """``best``'s test WER and CER against ``ref``'s with their pooled intervals; the difference of the means
+    when results hold no interval for the pair (their hypotheses were not read)."""
+    c = _comparison(inp, score, best, ref)
+    parts = []
+    for rate in ("wer", "cer"):
+        key = f"{score}_{rate}"
+        difference = f"{_label(best)}'s {KEY_NAMES[key]} − {_label(ref)}'s"
+        if c is None:
+            mine, theirs = inp.summary[best][key]["mean"], inp.summary[ref][key]["mean"]
+            parts.append(f"{difference}: {DASH if mine is None or theirs is None else _points(mine - theirs)} points")
+        elif Interval(**c[rate]).direction:
+            parts.append(f"{_in_words(best, ref, key, c[rate])}: {_interval(c[rate])} points")
+        else:
+            parts.append(f"{difference}: {_interval(c[rate])} points; {_in_words(best, ref, key, c[rate])}")
+    if c is None:
+        return "; ".join(parts) + (" (differences of the means over seeds; no interval: the runs' test hypotheses "
+                                   "were not read, see \"Is the difference real?\").")
+    level = inp.significance.get("level", LEVEL)
+    return "; ".join(parts) + f" (seeds pooled; {100 * level:g} % paired bootstrap interval in brackets)."
+
+
+def _compute_ratio(inp: Inputs, best: str, ref: str) -> str:
+    """What ``best``'s training cost in seconds against ``ref``'s: an equal budget of batches or updates is not an
+    equal bill when a method's passes cost more (or its budget rule lets it make more)."""
+    mine, theirs = (inp.summary[m]["train_seconds"]["mean"] for m in (best, ref))
+    if not mine or not theirs:
+        return f"Compute: training seconds not recorded for {_label(best)} or {_label(ref)}."
+    return (f"Compute: {_label(best)} trained for {mine / theirs:.2f} × {_label(ref)}'s training seconds "
+            f"({mine / 60:.1f} against {theirs / 60:.1f} min, means over seeds; the training steps alone).")
+
+
+def _verdict(inp: Inputs) -> list[tuple]:
+    """The answer first: which method did best on dev, what it gained on test over the usual recipe (PT+FT; else
+    supervised training), whether that gain is real, and what it cost."""
+    blocks = [("h", 2, "Verdict")]
+    best, key = _best_on_dev(inp)
+    if best is None:
+        return blocks + [("p", "No method in the running has a dev score: nothing to choose from.")]
+    score = "test_lm" if key == "dev_lm_wer" else "test"
+    best_text = (f"Best on dev: {_label(best)} ({'dev WER with the LM' if key == 'dev_lm_wer' else 'dev CER'} "
+                 f"{_pct(inp.summary[best][key])} %). {VERDICT_RULE}")
+    if best == "supervised":
+        return blocks + [("p", best_text), ("p", "Supervised training on the labeled split alone did best: no "
+                                                  "semi-supervised method beat it on dev.")]
+    ref = "supervised" if best == "ptft" else next((r for r in REFERENCES if r in inp.runs), None)
+    if ref not in inp.runs:
+        return blocks + [("p", best_text), ("p", "PT+FT, the usual recipe, did best itself; no supervised run to "
+                                                  "compare it with." if best == "ptft" else
+                                                  "Neither PT+FT nor supervised training ran: no gain to state.")]
+    if best == "ptft":
+        against = "PT+FT, the usual recipe, did best itself; against supervised training: "
+    elif ref == "supervised":
+        against = "PT+FT, the usual recipe, did not run; against supervised training instead: "
+    else:
+        against = "Against PT+FT, the usual recipe: "
+    return blocks + [("p", best_text), ("p", against + _gain(inp, best, ref, score)),
+                     ("p", _compute_ratio(inp, best, ref))]
 
 
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
@@ -872,8 +1021,8 @@ def write_report(out_dir: Path, results: dict | None = None) -> dict[str, Path]:
         (plots / f"{name}.png").unlink(missing_ok=True)
     inp = _load(results, out_dir, plots)
     blocks = []
-    for section in (_setup, _errors, _claims, _label_gap, _probe, _curves, _gamma, _ssl, _ssl_health, _pseudo_labels,
-                    _reach, _groups, _costs, _per_run):
+    for section in (_title, _verdict, _setup, _errors, _significance, _claims, _label_gap, _probe, _curves, _gamma,
+                    _ssl, _ssl_health, _pseudo_labels, _reach, _groups, _costs, _per_run):
         blocks += section(inp)
     markdown, page = out_dir / "report.md", out_dir / "report.html"
     markdown.write_text(_markdown(blocks, out_dir))

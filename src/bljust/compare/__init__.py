@@ -4,7 +4,8 @@
   the topline's and BL-JUST's ablations' included;
 - ``jobs``: run keys, the job subprocesses (training runs, then linear probes of their encoders) and their
   scheduling;
-- ``results``: the results.json schema and validator, and the costs, corpus and machine it records.
+- ``results``: the results.json schema and validator, and the costs, corpus and machine it records;
+- ``significance``: paired bootstrap intervals of each method's test error difference to PT+FT and supervised.
 
 The LM runs are decoded with comes from ``bljust.lm.prepare_lm``, their evaluation from
 ``bljust.evaluate.evaluate_run``, and the report from ``bljust.report``.
@@ -31,6 +32,7 @@ from bljust.compare.jobs import (
     write_json,
 )
 from bljust.compare.results import SCHEMA, corpus_stats, machine_info, probe_summary, validate_results
+from bljust.compare.significance import significance
 from bljust.config import dump_config, load_config
 from bljust.methods import METHOD_NAMES
 
@@ -141,6 +143,7 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
         # the settings of the trained encoders' probes (the random-init one differs only in random_init)
         "probe": {"settings": probe_jobs[0].probe if probe_jobs else None, RANDOM_INIT: random_init},
         "runs": runs,
+        "significance": significance(out, runs),
         "failed": [{"method": j.method, "seed": j.seed, "exit_code": c, "log": str(j.log_path), "job": j.kind}
                    for j, c in (*failed, *failed_probes)],
     }

@@ -4,15 +4,30 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 from bljust.compare.budget import ABLATIONS, BUDGET_RULES, TOPLINE, spent
 from bljust.compare.jobs import EVAL_SPLITS, OPTIONAL_EVAL_SPLITS, RANDOM_INIT
 from bljust.methods import METHOD_NAMES
 
-SCHEMA = "bljust.compare/5"
+SCHEMA = "bljust.compare/6"
 """/3 added the topline entry, the optional test_unseen scores and the linear probes; /4 BL-JUST's ablation
-entries; /5 the optional dev_other and test_other scores."""
+entries; /5 the optional dev_other and test_other scores; /6 the paired bootstrap intervals (``significance``,
+see ``SIGNIFICANCE``)."""
+SIGNIFICANCE = {"resamples": int, "level": float, "seed": int, "pooling": str, "scores": dict, "skipped": list}
+"""results.json's ``significance`` (``bljust.compare.significance``): is each method's test error different from
+PT+FT's and supervised training's? ``resamples`` draws of the test utterances (bootstrap seed ``seed``), intervals
+at confidence ``level``, ``pooling`` the rule that pools seeds, in words.
+``scores``: ``{score: {method: {reference: comparison}}}``, score ``test`` (decoded without the LM) or ``test_lm``
+(with it), reference ``ptft`` or ``supervised`` (PT+FT itself only against supervised: no mirrored pair), present
+when both ran and their hypotheses were read; a comparison is ``{"seeds": [...], "utterances": n, "wer": interval,
+"cer": interval, "per_seed": [{"seed", "utterances", "wer", "cer"}, ...]}``, its top-level intervals those of the
+seeds pooled; an interval ``{"diff", "low", "high"}``: method − reference in rates (fractions, as the runs' scores;
+negative: the method made fewer errors), ``diff`` on every utterance and ``[low, high]`` the percentile interval.
+``skipped``: ``[{"method", "seed", "score", "reason"}]``, runs left out for a hypothesis file missing, unreadable
+or disagreeing with their record. Results of /5 and earlier lack it; the report then computes it from the runs'
+hypothesis files."""
 
 COST_KEYS = ("steps", "budget", "batch_passes", "labeled_batches", "unlabeled_batches", "train_seconds",
              "wall_seconds", "audio_hours", "labeled_hours", "unlabeled_hours", "labeled_passes", "unlabeled_passes",
@@ -132,7 +147,30 @@ def validate_results(results: dict) -> None:
         if "probe" in run:
             need(run, "probe", dict, where)
             need(run["probe"], "cer", float, f"{where}.probe")
+    if "significance" in results:
+        need(results, "significance", dict, "top level")
+        for key, tp in SIGNIFICANCE.items():
+            need(results["significance"], key, tp, "significance")
+        _validate_intervals(results["significance"]["scores"], need)
     if (probe := results.get("probe")) is not None:
         need(results, "probe", dict, "top level")
         if probe.get(RANDOM_INIT) is not None:
             need(probe[RANDOM_INIT], "cer", float, f"probe.{RANDOM_INIT}")
+
+
+def _validate_intervals(scores: dict, need: Callable[[dict, str, type, str], None]) -> None:
+    """Every comparison of ``significance.scores`` has its intervals, pooled and per seed, each low ≤ high."""
+    for score, by_method in scores.items():
+        for method, against in by_method.items():
+            for ref, comparison in against.items():
+                where = f"significance.scores.{score}.{method}.{ref}"
+                need(comparison, "per_seed", list, where)
+                for i, node in enumerate([comparison, *comparison["per_seed"]]):
+                    at = where if i == 0 else f"{where}.per_seed[{i - 1}]"
+                    need(node, "utterances", int, at)
+                    for rate in ("wer", "cer"):
+                        need(node, rate, dict, at)
+                        for key in ("diff", "low", "high"):
+                            need(node[rate], key, float, f"{at}.{rate}")
+                        if not node[rate]["low"] <= node[rate]["high"]:
+                            raise ValueError(f"results.json: {at}.{rate} has low > high")
