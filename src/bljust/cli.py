@@ -181,25 +181,54 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_transcribe(args) -> int:
-    import torch
-
-    from bljust.evaluate import check_lm_decodable
-    from bljust.inference import load_trained, transcribe_files
-
-    model, tokenizer, cfg = load_trained(args.run, args.device)
-    if args.lm:
-        check_lm_decodable(cfg, args.run)
-    decoder = _word_decoder(args, tokenizer)
-    beam = cfg.decode.rnnt_beam if args.rnnt_beam is None else args.rnnt_beam
     failures = 0
-    for path, text, error in transcribe_files(model, tokenizer, args.files, torch.device(args.device),
-                                              word_decoder=decoder, amp=cfg.train.amp, beam=beam):
+    for path, text, error in _transcribe_onnx(args) if args.model else _transcribe_run(args):
         if error is not None:
             failures += 1
             print(f"bljust transcribe: {path}: {error}", file=sys.stderr)
         else:
             print(f"{path}\t{text}", flush=True)
     return 1 if failures else 0
+
+
+def _transcribe_run(args):
+    import torch
+
+    from bljust.evaluate import check_lm_decodable
+    from bljust.inference import load_trained, transcribe_files
+
+    if not args.files:
+        raise ValueError("give the audio files to transcribe after the run")
+    model, tokenizer, cfg = load_trained(args.run, args.device)
+    if args.lm:
+        check_lm_decodable(cfg, args.run)
+    decoder = _word_decoder(args, tokenizer)
+    beam = cfg.decode.rnnt_beam if args.rnnt_beam is None else args.rnnt_beam
+    return transcribe_files(model, tokenizer, args.files, torch.device(args.device), word_decoder=decoder,
+                            amp=cfg.train.amp, beam=beam)
+
+
+def _transcribe_onnx(args):
+    """``transcribe --model``: an exported ONNX model decodes every positional argument, the first included."""
+    from bljust.export import OnnxCTC
+    from bljust.inference import transcribe_files_onnx
+
+    if args.rnnt_beam is not None:
+        raise ValueError("--rnnt-beam is for transducer models; an exported model is a CTC model")
+    model = OnnxCTC(args.model, args.device)
+    return transcribe_files_onnx(model, [args.run, *args.files], word_decoder=_word_decoder(args, model.tokenizer))
+
+
+def cmd_export(args) -> int:
+    from bljust.export import export_model
+
+    meta = export_model(args.run, args.format, args.out)
+    use = (f"bljust transcribe --model {args.out} FILE..." if args.format == "onnx"
+           else f"torch.jit.load('{args.out}'); its units are in the extra file 'bljust.json'")
+    print(f"{args.out}: {args.format} export of {meta['bljust.source']} "
+          f"({len(json.loads(meta['bljust.units']))} units, {Path(args.out).stat().st_size / 1e6:.1f} MB); "
+          f"use it with: {use}")
+    return 0
 
 
 def cmd_probe(args) -> int:
@@ -434,9 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     tr = sub.add_parser("transcribe", help="transcribe audio files: one 'FILE<TAB>TEXT' line each")
-    tr.add_argument("run", help="run directory or model file")
-    tr.add_argument("files", nargs="+")
+    tr.add_argument("run", help="run directory or model file (with --model: the first audio file)")
+    tr.add_argument("files", nargs="*")
     tr.add_argument("--device", default="cpu")
+    tr.add_argument("--model", metavar="ONNX", help="a model written by 'bljust export --format onnx': decode with "
+                                                    "onnxruntime, no run needed; every positional argument is then "
+                                                    "an audio file")
     tr.set_defaults(func=cmd_transcribe)
     for c in (e, tr):
         c.add_argument("--lm", help="ARPA word LM (bljust lm): decode with a lexicon beam search instead of greedily")
@@ -446,6 +478,21 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--rnnt-beam", type=int, help="transducer models (model.loss=rnnt; --lm is CTC-only): "
                                                      "hypotheses of their beam search, 0: greedy (default: the "
                                                      "model's decode.rnnt_beam, 4)")
+
+    ex = sub.add_parser("export", help="write a trained CTC model as one ONNX or TorchScript file: waveforms in, CTC "
+                                       "log-posteriors out, units inside",
+                        description="Export a CTC model with its log-mel front-end inside the graph: inputs wav (B, S) "
+                                    "float32 16 kHz and wav_lens (B,) int64, outputs log_probs (B, T, V) and "
+                                    "log_prob_lens (B,), any batch size and length. The units, the blank (0) and the "
+                                    "tokenizer go into the file (ONNX metadata_props; TorchScript extra file "
+                                    "bljust.json). The export is checked against PyTorch before it is written.")
+    ex.add_argument("run", help="run directory or model file")
+    ex.add_argument("out", help="file to write, e.g. model.onnx")
+    # (bljust.export's FORMATS, spelt out so that the parser does not import onnxruntime)
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
+                    help="onnx (decode with 'bljust transcribe --model', conformer encoders) or torchscript "
+                         "(torch.jit.load; either encoder) (default: onnx)")
+    ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("probe", help="linear-probe a run's frozen encoder: dev CER of a fresh linear CTC head",
                         description="Freeze the run's encoder, run it once over the labeled split and dev (eval mode, "

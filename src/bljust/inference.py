@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from bljust.config import Config, config_from_dict
 from bljust.data.audio import non_finite_detail
 from bljust.data.manifests import SAMPLE_RATE
 from bljust.data.tokenizer import Tokenizer, tokenizer_from_state
+from bljust.decode import greedy_ctc
 from bljust.models.asr import ASRModel
 from bljust.engine.precision import autocast
 
@@ -67,7 +69,6 @@ def read_audio(path: str | Path) -> np.ndarray:
     return audio
 
 
-@torch.no_grad()
 def transcribe_files(model: ASRModel, tokenizer: Tokenizer, paths: list[str], device: torch.device,
                      max_seconds_per_batch: float = 120.0, word_decoder=None, amp: bool = True,
                      beam: int | None = None):
@@ -76,13 +77,11 @@ def transcribe_files(model: ASRModel, tokenizer: Tokenizer, paths: list[str], de
     Greedy CTC decoding, or ``word_decoder`` (a :class:`bljust.lm.WordDecoder`; CTC models) when given; a
     transducer decodes with its beam search of ``beam`` hypotheses (greedily when 0 or None). ``amp`` and ``beam``
     as in training and evaluation, so a file transcribes as ``bljust evaluate`` decodes it."""
-    pending: list[tuple[str, np.ndarray]] = []
 
-    def flush():
-        wavs = [torch.from_numpy(a) for _, a in pending]
-        lens = torch.tensor([w.numel() for w in wavs])
-        wav = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
-        feats, feat_lens = model.frontend(wav, lens.to(device))
+    @torch.no_grad()
+    def decode(audios: list[np.ndarray]) -> list[str]:
+        wav, lens = (torch.from_numpy(a) for a in pad_batch(audios))
+        feats, feat_lens = model.frontend(wav.to(device), lens.to(device))
         with autocast(device, amp):
             hidden, out_lens = model.encode(feats, feat_lens)
             if word_decoder is not None:
@@ -90,9 +89,41 @@ def transcribe_files(model: ASRModel, tokenizer: Tokenizer, paths: list[str], de
             else:
                 seqs = model.decode(hidden, out_lens, beam)[0]
         if word_decoder is not None:
-            texts = word_decoder.decode([log_probs[b, :int(out_lens[b])] for b in range(len(pending))])
-        else:
-            texts = [tokenizer.decode(s) for s in seqs]
+            return word_decoder.decode([log_probs[b, :int(out_lens[b])] for b in range(len(audios))])
+        return [tokenizer.decode(s) for s in seqs]
+
+    yield from _transcribe_batches(paths, max_seconds_per_batch, decode)
+
+
+def transcribe_files_onnx(model, paths: list[str], max_seconds_per_batch: float = 120.0, word_decoder=None):
+    """As :func:`transcribe_files`, with an exported model in onnxruntime (a :class:`bljust.export.OnnxCTC`):
+    greedy CTC, or ``word_decoder`` on the log-posteriors the ONNX graph returns."""
+
+    def decode(audios: list[np.ndarray]) -> list[str]:
+        log_probs, lens = (torch.from_numpy(a) for a in model.run(*pad_batch(audios)))
+        if word_decoder is not None:
+            return word_decoder.decode([log_probs[b, :int(lens[b])] for b in range(len(audios))])
+        return [model.tokenizer.decode(s) for s in greedy_ctc(log_probs, lens)[0]]
+
+    yield from _transcribe_batches(paths, max_seconds_per_batch, decode)
+
+
+def pad_batch(audios: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Waveforms zero-padded to one (B, S) float32 batch, and their lengths (B,) int64."""
+    wav = np.zeros((len(audios), max(len(a) for a in audios)), dtype=np.float32)
+    for b, a in enumerate(audios):
+        wav[b, :len(a)] = a
+    return wav, np.array([len(a) for a in audios], dtype=np.int64)
+
+
+def _transcribe_batches(paths: list[str], max_seconds_per_batch: float,
+                        decode: Callable[[list[np.ndarray]], list[str]]):
+    """Reads ``paths`` into batches of about ``max_seconds_per_batch`` and yields (path, text, error) in input
+    order: reading and error handling shared by the PyTorch and the ONNX model, which only ``decode``."""
+    pending: list[tuple[str, np.ndarray]] = []
+
+    def flush():
+        texts = decode([a for _, a in pending])
         out = [(p, t, None) for (p, _), t in zip(pending, texts)]
         pending.clear()
         return out
