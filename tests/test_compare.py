@@ -113,6 +113,19 @@ def test_report_is_self_contained_and_has_the_table(passes):
     assert (out / "plots" / "ssl_convergence.png").is_file() and "held-out unlabeled" in html
 
 
+def test_results_and_every_run_name_the_code_that_made_them(passes):
+    import bljust
+
+    out, _ = passes
+    results = json.loads((out / "results.json").read_text())
+    assert results["code"]["version"] == bljust.__version__
+    assert all(run["code"] == results["code"] for run in results["runs"])
+    if results["code"]["commit"]:  # a git checkout (CI clones one)
+        assert re.fullmatch(r"[0-9a-f]{40}", results["code"]["commit"])
+        assert f"commit {results['code']['commit'][:7]}" in (out / "report.md").read_text()
+    assert "| code | " + bljust.__version__ in (out / "report.md").read_text()
+
+
 def test_rerun_reuses_finished_runs(passes, tiny_corpus):
     out, _ = passes
     records = sorted((out / "runs").glob("*/record.json"))

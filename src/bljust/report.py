@@ -310,6 +310,17 @@ def _title(inp: Inputs) -> list[tuple]:
     return [("h", 1, f"bljust compare{f' ({rule})' if rule else ''}: " + ", ".join(_label(m) for m in inp.methods))]
 
 
+def _code(inp: Inputs) -> str:
+    """The code that wrote the results, and any run trained by other code (a run is reused across commits)."""
+    from bljust.compare.results import code_text
+
+    here = inp.results.get("code")
+    others = [f"{_label(run['method'])} seed {run.get('seed', DASH)}: {code_text(run.get('code'))}"
+              for m in inp.methods for run in inp.runs[m]
+              if run.get("code") != here and (run.get("code") or here)]
+    return code_text(here) + ("; runs trained by other code: " + "; ".join(others) if others else "")
+
+
 def _setup(inp: Inputs) -> list[tuple]:
     r = inp.results
     budget = r.get("budget") or {}
@@ -323,7 +334,7 @@ def _setup(inp: Inputs) -> list[tuple]:
              ["methods", ", ".join(r.get("methods") or inp.methods)],
              ["seeds", ", ".join(str(s) for s in r.get("seeds", [])) or DASH], ["budget", budget_text],
              ["equal-budget rule", _text(budget, "rule_text" if "rule_text" in budget else "rule")],
-             ["machine", machine],
+             ["machine", machine], ["code", _code(inp)],
              ["decoding", _text(r, "decoding")], ["normalisation", _text(r, "normalization")],
              ["checkpoint selection", _text(r, "selection")]]
     corpus = [[split, _num(c.get("hours"), ".2f"), _text(c, "utterances"), _text(c, "speakers")]

@@ -31,7 +31,7 @@ from bljust.compare.jobs import (
     run_jobs,
     write_json,
 )
-from bljust.compare.results import SCHEMA, corpus_stats, machine_info, probe_summary, validate_results
+from bljust.compare.results import SCHEMA, code_version, corpus_stats, machine_info, probe_summary, validate_results
 from bljust.compare.significance import significance
 from bljust.config import dump_config, load_config
 from bljust.methods import METHOD_NAMES
@@ -131,7 +131,7 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
         "budget": {"budget_rule": budget_rule, "unit": RULE_UNITS[budget_rule], "value": budget,
                    "max_duration": cfg.data.max_duration,
                    "rule_text": rule_text(budget_rule, cfg.data.max_duration)},
-        "methods": methods, "seeds": seeds, "machine": machine_info(parallel, devices, cores),
+        "methods": methods, "seeds": seeds, "machine": machine_info(parallel, devices, cores), "code": code_version(),
         "normalization": NORMALIZATION, "decoding": decoding_name(cfg) + (
             f"; and a lexicon beam search (beam {cfg.decode.beam_size}) with the word {lm_order_of(lm.path)}-gram LM "
             f"{lm.path}, whose weight and word score are chosen per run on dev WER" if lm.path else ""),

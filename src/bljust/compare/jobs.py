@@ -243,7 +243,7 @@ def run_job(spec_path: Path) -> int:
     """
     import torch
 
-    from bljust.compare.results import COST_KEYS, run_costs, unlabeled_seconds
+    from bljust.compare.results import COST_KEYS, code_version, run_costs, unlabeled_seconds
     from bljust.evaluate import evaluate_run
     from bljust.methods import METHODS
 
@@ -258,11 +258,13 @@ def run_job(spec_path: Path) -> int:
     if old is not None and old.get("key") == spec["key"] and (run_dir / "best.pt").is_file():
         log.info("%s: trained earlier; re-evaluating it with the new decoding settings", run_dir)
         costs = {k: old[k] for k in COST_KEYS}
+        code = old.get("code")  # the code that trained it (records before it was kept have none)
     else:
         resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt"))
         started = time.time()
         summary = METHODS[train_method(spec["method"])](cfg, data, run_dir, resume=resume)
         costs = run_costs(summary, spec["budget"], time.time() - started, unlabeled_seconds(data))
+        code = code_version()
     device = "cuda" if spec["device"].startswith("cuda") else "cpu"
     d = cfg.decode
     scores = evaluate_run(run_dir, data, tuple(spec.get("eval_splits", EVAL_SPLITS)), device, lm=spec.get("lm"),
@@ -270,7 +272,7 @@ def run_job(spec_path: Path) -> int:
                           rnnt_beam=d.rnnt_beam)
     write_json(run_dir / "record.json", {
         "method": spec["method"], "seed": spec["seed"], "key": spec["key"], "decode_key": spec.get("decode_key", ""),
-        "budget_rule": spec["budget_rule"], "settings": spec["settings"], **costs, **scores})
+        "budget_rule": spec["budget_rule"], "settings": spec["settings"], "code": code, **costs, **scores})
     return 0
 
 

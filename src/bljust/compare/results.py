@@ -27,7 +27,9 @@ seeds pooled; an interval ``{"diff", "low", "high"}``: method − reference in r
 negative: the method made fewer errors), ``diff`` on every utterance and ``[low, high]`` the percentile interval.
 ``skipped``: ``[{"method", "seed", "score", "reason"}]``, runs left out for a hypothesis file missing, unreadable
 or disagreeing with their record. Results of /5 and earlier lack it; the report then computes it from the runs'
-hypothesis files."""
+hypothesis files.
+
+Also optional at the top level: ``code``, the ``code_version()`` of the invocation that wrote the file."""
 
 COST_KEYS = ("steps", "budget", "batch_passes", "labeled_batches", "unlabeled_batches", "train_seconds",
              "wall_seconds", "audio_hours", "labeled_hours", "unlabeled_hours", "labeled_passes", "unlabeled_passes",
@@ -41,7 +43,8 @@ RUN_KEYS = {"method": str, "seed": int, "run_dir": str, "budget_rule": str, "set
             "inference_parameters": int, "best_step": int, "dev": dict, "test": dict}
 """Every run record's keys and types. ``train_seconds``: the training steps alone; ``wall_seconds``: the
 training call with its validation, checkpoints and PL's decoding (of the invocation that finished it).
-Optional: ``test_unseen``, ``dev_other`` and ``test_other`` (``OPTIONAL_EVAL_SPLITS``; each a dict as ``test``,
+Optional: ``code`` (``code_version()`` of the code that trained the run: version, git commit, uncommitted changes;
+a re-evaluation keeps it), ``test_unseen``, ``dev_other`` and ``test_other`` (``OPTIONAL_EVAL_SPLITS``; each a dict as ``test``,
 its ``lm`` entry at dev's LM weight and word score) when the corpus has that split, ``probe`` (dict: the linear
 probe's dev ``cer`` and ``wer`` and its head's final train loss) once the run's probe finished."""
 
@@ -86,6 +89,37 @@ def corpus_stats(data: Path) -> dict:
         out[split] = {"hours": round(sum(c.duration for c in cuts) / 3600, 4), "utterances": len(cuts),
                       "speakers": len({cut_speaker(c) for c in cuts})}
     return out
+
+
+def code_version() -> dict:
+    """The bljust version and, when it runs from a git checkout, the commit and whether its sources differ from it:
+    results name the code that produced them (run keys cannot: they would orphan every run at each commit)."""
+    import subprocess
+
+    import bljust
+
+    root = Path(bljust.__file__).resolve().parents[2]
+    info: dict = {"version": bljust.__version__, "commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+                                    capture_output=True, text=True, timeout=10)
+            info.update(commit=commit.stdout.strip(), dirty=bool(status.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: the version alone
+        pass
+    return info
+
+
+def code_text(code: dict | None) -> str:
+    """``code_version()`` in words: ``0.1.0, commit 848f40b (+ uncommitted changes)``."""
+    if not code:
+        return "not recorded"
+    text = f"{code.get('version')}"
+    if code.get("commit"):
+        text += f", commit {code['commit'][:7]}" + (" + uncommitted changes" if code.get("dirty") else "")
+    return text
 
 
 def machine_info(parallel: int, devices: list[str], cores: int) -> dict:

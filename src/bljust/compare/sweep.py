@@ -39,6 +39,7 @@ from bljust.compare.jobs import (
     run_jobs,
     write_json,
 )
+from bljust.compare.results import code_text, code_version
 from bljust.config import dump_config, load_config
 
 log = logging.getLogger("bljust.compare")
@@ -207,7 +208,7 @@ def sweep(data: str | Path, out: str | Path, *, grid: list[str], method: str = "
     tests = [r for j in final if j.finished() and (r := read_json(j.record_path)) is not None]
     results = {
         "schema": SWEEP_SCHEMA, "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "data": str(data), "method": method, "config_file": str(config) if config else None,
+        "data": str(data), "code": code_version(), "method": method, "config_file": str(config) if config else None,
         "overrides": list(overrides or []), "grid": [{"knob": k, "values": v} for k, v in knobs],
         "random_points": random_points, "seeds": seed_list,
         "budget": {"budget_rule": budget_rule, "value": budget, "rule_text": rule_text(budget_rule, base.data.max_duration)},
@@ -269,7 +270,8 @@ def write_sweep_report(out: Path, results: dict) -> None:
     lines = [f"# Sweep of {results['method']} on {results['data']}", "",
              f"{len(results['points'])} point(s) × {len(results['seeds'])} seed(s), budget {budget['value']} "
              f"({budget['budget_rule']}: {budget['rule_text']}). Judged by {results['metric']}, mean ± sample "
-             "standard deviation over seeds; test decoded once, for the chosen point only.", "",
+             "standard deviation over seeds; test decoded once, for the chosen point only. Code: "
+             f"{code_text(results.get('code'))}.", "",
              "## Sensitivity", ""]
     for s in results["sensitivity"]:
         marginal = ", ".join(f"{v}: {100 * e:.2f}" for v, e in s["marginal"].items())
