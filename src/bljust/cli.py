@@ -223,11 +223,14 @@ def cmd_export(args) -> int:
     from bljust.export import export_model
 
     meta = export_model(args.run, args.format, args.out)
-    use = (f"bljust transcribe --model {args.out} FILE..." if args.format == "onnx"
-           else f"torch.jit.load('{args.out}'); its units are in the extra file 'bljust.json'")
-    print(f"{args.out}: {args.format} export of {meta['bljust.source']} "
-          f"({len(json.loads(meta['bljust.units']))} units, {Path(args.out).stat().st_size / 1e6:.1f} MB); "
-          f"use it with: {use}")
+    out = Path(args.out)
+    use = {"onnx": f"bljust transcribe --model {out} FILE...",
+           "torchscript": f"torch.jit.load('{out}'); its units are in the extra file 'bljust.json'",
+           "sherpa-onnx": f"sherpa_onnx.OfflineRecognizer.from_omnilingual_asr_ctc(model='{out / 'model.onnx'}', "
+                          f"tokens='{out / 'tokens.txt'}')"}[args.format]
+    size = sum(p.stat().st_size for p in out.iterdir()) if out.is_dir() else out.stat().st_size
+    print(f"{out}: {args.format} export of {meta['bljust.source']} "
+          f"({len(json.loads(meta['bljust.units']))} units, {size / 1e6:.1f} MB); use it with: {use}")
     return 0
 
 
@@ -487,11 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "tokenizer go into the file (ONNX metadata_props; TorchScript extra file "
                                     "bljust.json). The export is checked against PyTorch before it is written.")
     ex.add_argument("run", help="run directory or model file")
-    ex.add_argument("out", help="file to write, e.g. model.onnx")
+    ex.add_argument("out", help="file to write, e.g. model.onnx (sherpa-onnx: a directory)")
     # (bljust.export's FORMATS, spelt out so that the parser does not import onnxruntime)
-    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
-                    help="onnx (decode with 'bljust transcribe --model', conformer encoders) or torchscript "
-                         "(torch.jit.load; either encoder) (default: onnx)")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "sherpa-onnx"], default="onnx",
+                    help="onnx (decode with 'bljust transcribe --model', conformer encoders), torchscript "
+                         "(torch.jit.load; either encoder) or sherpa-onnx (a directory of model.onnx and tokens.txt "
+                         "for sherpa-onnx's omnilingual-asr CTC recognizer; models with features.normalize=utterance) "
+                         "(default: onnx)")
     ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("probe", help="linear-probe a run's frozen encoder: dev CER of a fresh linear CTC head",

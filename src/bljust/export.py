@@ -12,6 +12,13 @@ keeps the subsampling's ``unfold`` dynamic in length, where the deprecated Torch
 arithmetic. Every export is checked against the PyTorch model on a batch of another size and other
 lengths than the one it was made from before it replaces ``out``.
 
+``sherpa-onnx`` writes a directory that sherpa-onnx (k2-fsa's C++ runtime, with Python, Android, iOS, Go, C#
+... bindings) decodes as an "omnilingual ASR CTC" model, the one model type it feeds raw waveforms:
+``model.onnx`` (one input, the waveforms (N, S); one output, the log-posteriors (N, T', V)) and ``tokens.txt``
+(``unit id`` lines, the blank as ``<blk>``, the word boundary as SentencePiece's ``▁``). sherpa-onnx
+standardises every waveform (zero mean, unit variance) before the model, which changes a log-mel only by a
+constant per utterance, so it is exact for front-ends that normalise per utterance and refused for the others.
+
 Only CTC models export: a transducer decodes by a search that feeds each emitted unit back into its
 prediction network, a loop over frames and symbols that is not one graph of waveforms to posteriors.
 The cnn_lstm encoder exports to TorchScript only: ``torch.export`` fixes an LSTM's time axis to the
@@ -41,7 +48,9 @@ from bljust.inference import load_trained, model_path
 from bljust.models.asr import ASRModel
 from bljust.models.subsampling import MIN_INPUT_FRAMES
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "sherpa-onnx")
+SHERPA_MODEL, SHERPA_TOKENS = "model.onnx", "tokens.txt"
+"""The two files of a ``sherpa-onnx`` export's directory."""
 INPUT_NAMES = ("wav", "wav_lens")
 OUTPUT_NAMES = ("log_probs", "log_prob_lens")
 TORCHSCRIPT_META = "bljust.json"
@@ -128,6 +137,9 @@ def export_model(run_or_file: str | Path, fmt: str, out: str | Path) -> dict[str
         raise ValueError(f"{source} is not a bljust model file ({e})") from e
     check_exportable(cfg, fmt, source)
     meta = {**metadata(tokenizer, to_dict(cfg)), "bljust.source": str(source)}
+    if fmt == "sherpa-onnx":
+        export_sherpa(model, tokenizer, meta, Path(out))
+        return meta
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -140,13 +152,70 @@ def export_model(run_or_file: str | Path, fmt: str, out: str | Path) -> dict[str
     return meta
 
 
+class WaveformLogProbs(nn.Module):
+    """sherpa-onnx's form: whole waveforms (N, S), no lengths (it decodes one utterance at a time) → log-posteriors."""
+
+    def __init__(self, model: ASRModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        lens = torch.full((x.shape[0],), x.shape[1], dtype=torch.int64, device=x.device)
+        hidden, _ = self.model.encode(*self.model.frontend(x, lens))
+        return self.model.log_probs(hidden)
+
+
+def sherpa_tokens(tokenizer: Tokenizer) -> str:
+    """tokens.txt: ``unit id`` per line; the blank spelt ``<blk>`` (how sherpa-onnx finds it) and the character
+    tokenizer's word separator as ``▁`` (which sherpa-onnx turns into a space, as for SentencePiece units)."""
+    spellings = units(tokenizer)
+    spellings[tokenizer.blank_id] = "<blk>"
+    lines = []
+    for i, unit in enumerate(spellings):
+        unit = "▁" if unit == "|" and not isinstance(tokenizer, SentencePieceTokenizer) else unit
+        if not unit or any(c.isspace() for c in unit):
+            raise ValueError(f"unit {i} ({unit!r}) cannot be written to sherpa-onnx's tokens.txt")
+        lines.append(f"{unit} {i}")
+    return "\n".join(lines) + "\n"
+
+
+def export_sherpa(model: ASRModel, tokenizer: Tokenizer, meta: dict[str, str], out: Path) -> None:
+    """The ``sherpa-onnx`` directory ``out`` (see the module's docstring), checked against PyTorch first."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{SHERPA_MODEL}.tmp-{os.getpid()}"
+    wrapper = WaveformLogProbs(model).eval()
+    try:
+        batch, samples = torch.export.Dim("batch"), torch.export.Dim("samples")
+        example = example_batch((EXAMPLE_LENGTHS[0],) * 2)[0]  # a batch of one would be specialised to one
+        with _quiet_onnx_exporter():
+            program = torch.onnx.export(wrapper, (example,), dynamo=True, verbose=False, input_names=["x"],
+                                        output_names=["logits"], dynamic_shapes={"x": {0: batch, 1: samples}})
+        program.model.metadata_props.update(meta)
+        program.save(tmp, external_data=False)
+        wav = example_batch((CHECK_LENGTHS[1],), seed=1)[0]
+        with torch.no_grad():
+            want = wrapper(wav)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"x": wav.numpy()})[0])
+        if got.shape != want.shape or not float((got - want).abs().max()) <= CHECK_ATOL:
+            raise RuntimeError("the sherpa-onnx export's log-posteriors differ from PyTorch's")
+        os.replace(tmp, out / SHERPA_MODEL)
+    finally:
+        tmp.unlink(missing_ok=True)
+    (out / SHERPA_TOKENS).write_text(sherpa_tokens(tokenizer))
+
+
 def check_exportable(cfg: Config, fmt: str, source: Path) -> None:
     """Refuse, before the slow export, what cannot be one graph (see the module's docstring for why)."""
     if cfg.model.loss != "ctc":
         raise ValueError(f"{source} is a transducer model (model.loss={cfg.model.loss}), which cannot be exported: "
                          f"its decoding feeds every emitted unit back into the prediction network, a search over "
                          f"frames and units rather than one graph from waveforms to posteriors; export a CTC model")
-    if fmt == "onnx" and cfg.model.arch == "cnn_lstm":
+    if fmt == "sherpa-onnx" and cfg.features.normalize != "utterance":
+        raise ValueError(f"{source} normalises its log-mel features with features.normalize={cfg.features.normalize}, "
+                         f"and sherpa-onnx standardises every waveform before the model, which shifts such features; "
+                         f"only a model trained with features.normalize=utterance is exact there (or use --format onnx)")
+    if fmt in ("onnx", "sherpa-onnx") and cfg.model.arch == "cnn_lstm":
         raise ValueError(f"{source} has a cnn_lstm encoder, which exports to TorchScript only (--format "
                          f"torchscript): torch.export fixes the LSTM's time axis to the example's length, so an ONNX "
                          f"graph of it would fail on audio of any other length")
