@@ -185,13 +185,8 @@ def export_sherpa(model: ASRModel, tokenizer: Tokenizer, meta: dict[str, str], o
     tmp = out / f".{SHERPA_MODEL}.tmp-{os.getpid()}"
     wrapper = WaveformLogProbs(model).eval()
     try:
-        batch, samples = torch.export.Dim("batch"), torch.export.Dim("samples")
         example = example_batch((EXAMPLE_LENGTHS[0],) * 2)[0]  # a batch of one would be specialised to one
-        with _quiet_onnx_exporter():
-            program = torch.onnx.export(wrapper, (example,), dynamo=True, verbose=False, input_names=["x"],
-                                        output_names=["logits"], dynamic_shapes={"x": {0: batch, 1: samples}})
-        program.model.metadata_props.update(meta)
-        program.save(tmp, external_data=False)
+        _export_onnx(wrapper, meta, tmp, (example,), input_names=("x",), output_names=("logits",))
         wav = example_batch((CHECK_LENGTHS[1],), seed=1)[0]
         with torch.no_grad():
             want = wrapper(wav)
@@ -221,12 +216,16 @@ def check_exportable(cfg: Config, fmt: str, source: Path) -> None:
                          f"graph of it would fail on audio of any other length")
 
 
-def _export_onnx(wrapper: WaveformCTC, meta: dict[str, str], path: Path) -> None:
+def _export_onnx(wrapper: nn.Module, meta: dict[str, str], path: Path, inputs: tuple | None = None,
+                 input_names: tuple[str, ...] = INPUT_NAMES, output_names: tuple[str, ...] = OUTPUT_NAMES) -> None:
+    """``wrapper`` as one ONNX file with ``meta`` in its metadata; every input's axes 0 (batch) and, for the
+    waveform (the first input), 1 (samples) dynamic. Default: ``WaveformCTC``'s inputs and outputs."""
     batch, samples = torch.export.Dim("batch"), torch.export.Dim("samples")
+    inputs = example_batch(EXAMPLE_LENGTHS) if inputs is None else inputs
+    dynamic = {name: ({0: batch, 1: samples} if i == 0 else {0: batch}) for i, name in enumerate(input_names)}
     with _quiet_onnx_exporter():
-        program = torch.onnx.export(wrapper, example_batch(EXAMPLE_LENGTHS), dynamo=True, verbose=False,
-                                    input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                                    dynamic_shapes={"wav": {0: batch, 1: samples}, "wav_lens": {0: batch}})
+        program = torch.onnx.export(wrapper, inputs, dynamo=True, verbose=False, input_names=list(input_names),
+                                    output_names=list(output_names), dynamic_shapes=dynamic)
     program.model.metadata_props.update(meta)
     program.save(path, external_data=False)  # one file: what ships is what was checked
 

@@ -150,7 +150,7 @@ def compute_features(data_dir: str | Path, split: str, num_mel_bins: int = 80, j
         ctx = torch.multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
             parts = list(pool.map(_compute_part, *zip(*args)))
-    summary = FeatureSummary(split, num_mel_bins, cuts=total, seconds=0.0)
+    summary = FeatureSummary(split, num_mel_bins, cuts=total)
     skipped: Counter = Counter()
     tmp = cuts_path.with_name(f".{cuts_path.name}")
     with CutSet.open_writer(tmp) as out:
