@@ -136,6 +136,34 @@ def test_rerun_reuses_finished_runs(passes, tiny_corpus):
     assert {p: p.stat().st_mtime_ns for p in records} == before
 
 
+def test_the_other_rule_adopts_the_runs_that_train_the_same_model(passes, tiny_corpus, tmp_path):
+    """``--reuse-from``: supervised and PL make the same steps under both rules, so the passes-rule runs (and their
+    probes) are copied into a labeled-rule comparison; PT+FT's share differs, so it trains."""
+    src, _ = passes
+    source_records = {p: p.read_text() for p in (src / "runs").glob("*/record.json")}
+    out = tmp_path / "labeled"
+    args = ["--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,pl,ptft", "--seeds", "1", *ARGS,
+            "--budget-rule", "labeled", "--reuse-from", str(src)]
+    r = compare(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for method in ("supervised", "pl"):
+        assert f"{method}-seed0: trained under the passes rule" in r.stderr
+        assert f"{method}-seed0: started" not in r.stderr and f"probe-{method}-seed0: started" not in r.stderr
+    assert "ptft-seed0: started" in r.stderr and "probe-ptft-seed0: started" in r.stderr
+    results = json.loads((out / "results.json").read_text())
+    validate_results(results)  # every run, the adopted ones included, is a labeled-rule run
+    runs = {run["method"]: run for run in results["runs"]}
+    before = {run["method"]: run for run in json.loads((src / "results.json").read_text())["runs"]}
+    for method in ("supervised", "pl"):
+        assert runs[method]["budget_rule"] == "labeled" and runs[method]["key"] != before[method]["key"]
+        assert runs[method]["adopted_from"] == str(src / "runs" / f"{method}-seed0")
+        assert runs[method]["test"] == before[method]["test"] and runs[method]["probe"] == before[method]["probe"]
+    assert {p: p.read_text() for p in (src / "runs").glob("*/record.json")} == source_records  # source untouched
+    again = compare(*args)  # the adopted runs are now this comparison's own
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "started" not in again.stderr and "adopted" not in again.stderr
+
+
 def test_runs_are_also_decoded_with_the_corpus_lm_tuned_on_dev(passes):
     out, _ = passes
     results = json.loads((out / "results.json").read_text())

@@ -254,7 +254,7 @@ def _compare_args(args) -> dict:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     return {"methods": methods, "seeds": seeds, "overrides": args.set or [], "budget": args.budget,
             "budget_rule": args.budget_rule, "jobs": args.jobs, "device": args.device,
-            "progress": not args.no_progress}
+            "progress": not args.no_progress, "reuse_from": args.reuse_from}
 
 
 def _print_results(results: dict, out: Path) -> int:
@@ -552,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--jobs", type=int, help="runs at a time (default: one per CPU core, or one per GPU)")
         c.add_argument("--device", default="auto", help="auto (GPUs when present), cpu or cuda")
         c.add_argument("--no-progress", action="store_true", help="no progress bar")
+        c.add_argument("--reuse-from", action="append", metavar="DIR",
+                       help="an earlier comparison's directory (under the other budget rule): its runs that trained "
+                            "the same model (supervised, PL, topline: same settings under both rules) are copied, "
+                            "not trained again (repeatable)")
         c.set_defaults(func=cmd_compare if name == "compare" else cmd_demo)
     sw = sub.add_parser("sweep", help="train one method over a grid of its settings under one budget; report the "
                                       "dev error per point, heatmaps and which knobs matter; test only the chosen point")

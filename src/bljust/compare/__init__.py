@@ -21,6 +21,7 @@ from pathlib import Path
 from bljust.compare.budget import ABLATIONS, BUDGET_RULES, RULE_UNITS, TOPLINE, TOPLINE_SPLIT, check_rule, rule_text
 from bljust.compare.jobs import (
     RANDOM_INIT,
+    adopt_runs,
     available_cores,
     check_reusable,
     devices_for,
@@ -65,11 +66,13 @@ def _listed(words: list[str]) -> str:
 def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = None, seeds: list[int] | None = None,
             config: str | Path | None = None, overrides: list[str] | None = None, budget: int | None = None,
             budget_rule: str = "passes", jobs: int | None = None, device: str = "auto",
-            progress: bool = True) -> dict:
+            progress: bool = True, reuse_from: list[str | Path] | None = None) -> dict:
     """Train and evaluate every method × seed under ``budget_rule``, probe every trained encoder and one
     random-init encoder, write results.json and the report; returns the results.
 
-    ``methods`` defaults to every method, and the topline when the corpus has the ``unlabeled_text`` split."""
+    ``methods`` defaults to every method, and the topline when the corpus has the ``unlabeled_text`` split.
+    ``reuse_from``: earlier comparisons' directories whose runs that trained the same model under the other rule
+    are copied instead of trained again (``jobs.adopt_runs``)."""
     from bljust.data.manifests import SPLITS, has_split
     from bljust.evaluate import NORMALIZATION, decoding_name
     from bljust.lm import PreparedLM, lm_order_of, prepare_lm
@@ -95,6 +98,8 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
                      data / "lm_text.txt")
     job_list = plan_jobs(cfg, data, out, methods, seeds, budget, budget_rule, lm)
     check_reusable(job_list)
+    if reuse_from:
+        adopt_runs(job_list, cfg, data, budget, lm, [Path(d) for d in reuse_from])
     dump_config(cfg, out / "config.yaml")
 
     devices = devices_for(device)

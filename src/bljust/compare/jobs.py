@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -217,6 +218,70 @@ def check_reusable(jobs: list[Job]) -> None:
         if spec is not None and spec.get("key") != j.key:
             raise ValueError(f"{j.run_dir} holds a run with other settings (config, data, budget, budget rule or "
                              f"seed changed); use a new --out directory or delete that run")
+
+
+def adopt_runs(jobs: list[Job], cfg: Config, data: Path, budget: int, lm, sources: list[Path]) -> list[Job]:
+    """Copy into this comparison the finished runs of earlier comparisons (``compare --reuse-from DIR``) that
+    trained the same model under the other budget rule, instead of training them again; returns the adopted jobs.
+
+    Supervised, PL and the topline make the same steps with the same settings under both rules, so a passes-rule
+    run is also the labeled-rule run. A run qualifies only when its method's settings under its own rule equal
+    this job's (BL-JUST and its ablations plan in the rule's unit, so they are never adopted) and its record
+    carries the key this job would have had under that rule: same config, data, seed, budget and LM. The copy's
+    record and job spec get this comparison's key and rule; its linear probe comes along when its key matches.
+    A run this comparison has started itself (checkpoints, or a record of its own) is never replaced."""
+    from bljust.compare.budget import BUDGET_RULES
+    from bljust.probe import ProbeConfig
+
+    lm_sha = lm.sha256 if lm is not None else ""
+    probe_settings = dataclasses.asdict(ProbeConfig())
+    adopted = []
+    for job in jobs:
+        if (job.kind != "train" or train_method(job.method) == "bljust" or job.trained()
+                or (job.run_dir / "checkpoints").is_dir()):
+            continue
+        share = method_settings(job.method, cfg, budget, 0, 0, job.rule)[0]
+        for rule in (r for r in BUDGET_RULES if r != job.rule):
+            if method_settings(job.method, cfg, budget, 0, 0, rule)[0] != share:
+                continue
+            key = run_key(cfg, data, job.method, job.settings, rule, lm_sha)
+            source = next((d / "runs" / job.run_dir.name for d in sources
+                           if (read_json(d / "runs" / job.run_dir.name / "record.json") or {}).get("key") == key
+                           and (d / "runs" / job.run_dir.name / "best.pt").is_file()), None)
+            if source is None:
+                continue
+            _copy_run(source, job.run_dir, {"key": job.key, "budget_rule": job.rule, "adopted_from": str(source)})
+            if (source.parent / f"{job.name}.log").is_file():
+                shutil.copyfile(source.parent / f"{job.name}.log", job.log_path)
+            probe = source.parent.parent / "probes" / job.run_dir.name
+            if (read_json(probe / "record.json") or {}).get("key") == probe_key(key, probe_settings):
+                _copy_run(probe, job.run_dir.parent.parent / "probes" / job.run_dir.name,
+                          {"key": probe_key(job.key, probe_settings)})
+            log.info("%s: trained under the %s rule in %s with the same settings, adopted", job.name, rule, source)
+            adopted.append(job)
+            break
+    return adopted
+
+
+def _copy_run(source: Path, dest: Path, record: dict) -> None:
+    """``source``'s files into ``dest`` (hard links where the filesystem allows: a finished run's files are only
+    ever replaced whole, never written in place), then ``record`` merged into its record.json and job.json."""
+    tmp = dest.with_name(dest.name + ".adopting")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def link_or_copy(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, tmp, copy_function=link_or_copy)
+    for name in ("job.json", "record.json"):
+        if (spec := read_json(tmp / name)) is not None:
+            (tmp / name).unlink()  # a new file, not the source's hard-linked one
+            write_json(tmp / name, {**spec, **record})
+    shutil.rmtree(dest, ignore_errors=True)  # a directory without checkpoints or a record of this comparison's
+    os.replace(tmp, dest)
 
 
 # ------------------------------------------------------------------ one job (a subprocess)
