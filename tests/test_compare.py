@@ -162,6 +162,16 @@ def test_the_other_rule_adopts_the_runs_that_train_the_same_model(passes, tiny_c
     again = compare(*args)  # the adopted runs are now this comparison's own
     assert again.returncode == 0, again.stderr[-3000:]
     assert "started" not in again.stderr and "adopted" not in again.stderr
+    # re-scoring the copies (new decoding settings) rewrites their hypotheses, never the source's
+    def files(root):
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (root / "runs").glob("*/eval/*.txt")}
+
+    source_files, copies = files(src), files(out)
+    rescored = compare(*args, "--set", "decode.lm_weights=[1.0]")
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert "trained earlier; re-evaluating" in (out / "runs" / "supervised-seed0.log").read_text()
+    assert files(src) == source_files
+    assert all(files(out)[p][1] != stamp for p, (_, stamp) in copies.items())  # the copies were rewritten
 
 
 def test_runs_are_also_decoded_with_the_corpus_lm_tuned_on_dev(passes):

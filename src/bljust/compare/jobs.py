@@ -264,21 +264,13 @@ def adopt_runs(jobs: list[Job], cfg: Config, data: Path, budget: int, lm, source
 
 
 def _copy_run(source: Path, dest: Path, record: dict) -> None:
-    """``source``'s files into ``dest`` (hard links where the filesystem allows: a finished run's files are only
-    ever replaced whole, never written in place), then ``record`` merged into its record.json and job.json."""
+    """``source``'s files copied into ``dest`` (not hard-linked: a re-evaluation rewrites the hypothesis files in
+    place), then ``record`` merged into its record.json and job.json; ``dest`` appears whole or not at all."""
     tmp = dest.with_name(dest.name + ".adopting")
     shutil.rmtree(tmp, ignore_errors=True)
-
-    def link_or_copy(src, dst):
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    shutil.copytree(source, tmp, copy_function=link_or_copy)
+    shutil.copytree(source, tmp)
     for name in ("job.json", "record.json"):
         if (spec := read_json(tmp / name)) is not None:
-            (tmp / name).unlink()  # a new file, not the source's hard-linked one
             write_json(tmp / name, {**spec, **record})
     shutil.rmtree(dest, ignore_errors=True)  # a directory without checkpoints or a record of this comparison's
     os.replace(tmp, dest)
