@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bljust.cli import main as cli_main
-from bljust.compare.sweep import grid_points, parse_grid, sensitivity
+from bljust.compare.sweep import dev_metric, grid_points, parse_grid, sensitivity
 from tests.conftest import TINY
 
 
@@ -68,3 +68,17 @@ def test_a_sweep_chooses_on_dev_and_decodes_test_for_the_chosen_point_only(tiny_
     mtimes = {p: p.stat().st_mtime for p in out.glob("points/*/runs/*/record.json")}
     assert cli_main(args) == 0  # a re-run reuses every run, the chosen one's test scores included
     assert {p: p.stat().st_mtime for p in out.glob("points/*/runs/*/record.json")} == mtimes
+    assert result["metric"] == "dev WER with the LM (%)"  # the corpus has LM text: the default judges with it
+    assert cli_main([*args, "--metric", "cer"]) == 0  # judged by greedy CER instead, without retraining
+    by_cer = json.loads((out / "sweep.json").read_text())
+    assert by_cer["metric"] == "dev CER (greedy, %)"
+    for p in by_cer["points"]:
+        record = json.loads((out / "points" / p["name"] / "runs" / "supervised-seed0" / "record.json").read_text())
+        assert p["dev"] == [record["dev"]["cer"]]
+    assert by_cer["chosen"]["name"] == min(by_cer["points"], key=lambda p: p["dev_mean"])["name"]
+
+
+def test_dev_metric_reads_the_lm_wer_or_the_greedy_cer():
+    record = {"dev": {"cer": 0.2, "wer": 0.5, "lm": {"wer": 0.3}}}
+    assert dev_metric(record, "lm-wer") == 0.3 and dev_metric(record, "cer") == 0.2
+    assert dev_metric({"dev": {"cer": float("nan")}}, "cer") is None and dev_metric({"dev": {"cer": 0.2}}, "lm-wer") is None

@@ -283,7 +283,8 @@ def cmd_sweep(args) -> int:
 
     results = sweep(args.data, args.out, grid=args.grid, method=args.method, seeds=args.seeds,
                     random_points=args.random, config=args.config, overrides=args.set or [], budget=args.budget,
-                    budget_rule=args.budget_rule, jobs=args.jobs, device=args.device, progress=not args.no_progress)
+                    budget_rule=args.budget_rule, jobs=args.jobs, device=args.device, progress=not args.no_progress,
+                    metric=args.metric)
     chosen = results["chosen"]
     print(f"chosen on {results['metric']}: " + ", ".join(f"{k}={v}" for k, v in chosen["settings"].items()))
     for s in results["sensitivity"]:
@@ -570,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per point (default 1; 2+ gives a seed spread)")
     sw.add_argument("--budget", type=int, help="per run, as compare's (default: the config's train.max_steps)")
     sw.add_argument("--budget-rule", choices=BUDGET_RULES, default=BUDGET_RULES[0])
+    sw.add_argument("--metric", choices=("lm-wer", "cer"),
+                    help="what points are judged by on dev: WER with the LM (the default when there is an LM) or "
+                         "greedy CER (the default without one)")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value for every point")
     sw.add_argument("--jobs", type=int, help="runs at a time (default: one per CPU core, or one per GPU)")
     sw.add_argument("--device", default="auto")

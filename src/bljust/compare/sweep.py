@@ -113,11 +113,15 @@ def _std(values: list[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
 
-def dev_metric(record: dict, lm: bool) -> float | None:
-    """The error a point is judged by: dev WER with the LM when the sweep decodes with one (what a user ships),
-    else dev CER (greedy WER is too coarse on a small dev set)."""
+METRICS = {"lm-wer": "dev WER with the LM (%)", "cer": "dev CER (greedy, %)"}
+"""What ``--metric`` judges points by, and its name in the report."""
+
+
+def dev_metric(record: dict, metric: str) -> float | None:
+    """The error a point is judged by: ``lm-wer`` (dev WER with the LM: what a user ships, the default when the
+    sweep decodes with one) or ``cer`` (greedy dev CER: greedy WER is too coarse on a small dev set)."""
     dev = record.get("dev") or {}
-    value = (dev.get("lm") or {}).get("wer") if lm else dev.get("cer")
+    value = (dev.get("lm") or {}).get("wer") if metric == "lm-wer" else dev.get("cer")
     return value if value is not None and math.isfinite(value) else None
 
 
@@ -152,9 +156,10 @@ def sensitivity(grid: list[tuple[str, list[str]]], points: list[dict]) -> list[d
 def sweep(data: str | Path, out: str | Path, *, grid: list[str], method: str = "bljust", seeds: int = 1,
           random_points: int | None = None, config: str | Path | None = None, overrides: list[str] | None = None,
           budget: int | None = None, budget_rule: str = "passes", jobs: int | None = None, device: str = "auto",
-          progress: bool = True) -> dict:
-    """Train ``method`` at every grid point × seed under one budget, choose the point on dev, decode its
-    runs on test once; write sweep.json and report.md (with heatmaps) to ``out``. Returns sweep.json's content."""
+          progress: bool = True, metric: str | None = None) -> dict:
+    """Train ``method`` at every grid point × seed under one budget, choose the point on dev by ``metric``
+    (``METRICS``; default: ``lm-wer`` when the sweep decodes with an LM, else ``cer``), decode its runs on test
+    once; write sweep.json and report.md (with heatmaps) to ``out``. Returns sweep.json's content."""
     from bljust.compare import comparison_methods
     from bljust.lm import prepare_lm
 
@@ -167,6 +172,11 @@ def sweep(data: str | Path, out: str | Path, *, grid: list[str], method: str = "
     budget = budget or base.train.max_steps
     out.mkdir(parents=True, exist_ok=True)
     lm = prepare_lm(base.decode, data, out) if base.model.loss == "ctc" else None
+    metric = metric or ("lm-wer" if lm and lm.path else "cer")
+    if metric not in METRICS:
+        raise ValueError(f"--metric {metric!r}: choose from {', '.join(METRICS)}")
+    if metric == "lm-wer" and not (lm and lm.path):
+        raise ValueError("--metric lm-wer needs a word LM: set decode.lm, or use a data directory with lm_text.txt")
     seed_list = list(range(seeds))
     point_jobs: dict[Point, list[Job]] = {}
     for point in points:
@@ -186,12 +196,11 @@ def sweep(data: str | Path, out: str | Path, *, grid: list[str], method: str = "
     started = time.time()
     common = {"config": str(out / "config.yaml"), "data": str(data), "lm": lm.path if lm else None}
     failed = run_jobs(all_jobs, {**common, "eval_splits": ["dev"]}, parallel, devices, cores, show_progress=progress)
-    with_lm = bool(lm and lm.path)
 
     rows = []
     for point, jobs_ in point_jobs.items():
         records = [r for j in jobs_ if j.finished() and (r := read_json(j.record_path)) is not None]
-        dev = [v for r in records if (v := dev_metric(r, with_lm)) is not None]
+        dev = [v for r in records if (v := dev_metric(r, metric)) is not None]
         rows.append({"name": point.name, "settings": dict(point.values), "seeds": [r["seed"] for r in records],
                      "dev": dev, "dev_mean": _mean(dev), "dev_std": _std(dev),
                      "train_seconds": _mean([r["train_seconds"] for r in records])})
@@ -212,7 +221,7 @@ def sweep(data: str | Path, out: str | Path, *, grid: list[str], method: str = "
         "overrides": list(overrides or []), "grid": [{"knob": k, "values": v} for k, v in knobs],
         "random_points": random_points, "seeds": seed_list,
         "budget": {"budget_rule": budget_rule, "value": budget, "rule_text": rule_text(budget_rule, base.data.max_duration)},
-        "metric": "dev WER with the LM (%)" if with_lm else "dev CER (greedy, %)",
+        "metric": METRICS[metric],
         "points": rows, "sensitivity": sensitivity(knobs, scored),
         "chosen": {"name": chosen["name"], "settings": chosen["settings"],
                    "runs": [{"seed": r["seed"], **{s: r[s] for s in eval_splits(data) if s in r}} for r in tests]},
