@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bljust.cli import main as cli_main
-from bljust.compare.sweep import dev_metric, grid_points, parse_grid, sensitivity
+from bljust.compare.sweep import dev_metric, grid_points, parse_grid, sensitivity, write_sweep_report
 from tests.conftest import TINY
 
 
@@ -61,8 +61,9 @@ def test_a_sweep_chooses_on_dev_and_decodes_test_for_the_chosen_point_only(tiny_
         assert f"optim.lr={p['settings']['optim.lr']}" in record["settings"]
     assert [r["seed"] for r in result["chosen"]["runs"]] == [0] and "test" in result["chosen"]["runs"][0]
     report = (out / "report.md").read_text()
-    assert "**(chosen)**" in report and "](heatmap-lr-dropout.png)" in report and (out / "heatmap-lr-dropout.png").is_file()
+    assert "**(chosen)**" in report and "heatmap" not in report  # model.dropout has one value: no pair to map
     assert "**optim.lr**" in report and "one seed per point" in report
+    assert "**model.dropout**" in report and "one value: not varied" in report
     first = capsys.readouterr().out
     assert "chosen on" in first and f"optim.lr={chosen['settings']['optim.lr']}" in first
     mtimes = {p: p.stat().st_mtime for p in out.glob("points/*/runs/*/record.json")}
@@ -82,3 +83,22 @@ def test_dev_metric_reads_the_lm_wer_or_the_greedy_cer():
     record = {"dev": {"cer": 0.2, "wer": 0.5, "lm": {"wer": 0.3}}}
     assert dev_metric(record, "lm-wer") == 0.3 and dev_metric(record, "cer") == 0.2
     assert dev_metric({"dev": {"cer": float("nan")}}, "cer") is None and dev_metric({"dev": {"cer": 0.2}}, "lm-wer") is None
+
+
+def test_the_report_maps_each_pair_of_varied_knobs_and_leaves_a_fixed_one_out(tmp_path):
+    grid = [("a.x", ["1", "2"]), ("a.y", ["u", "v"]), ("a.z", ["k"])]
+    points = [{"name": f"x-{x}_y-{y}_z-k", "settings": {"a.x": x, "a.y": y, "a.z": "k"}, "dev": [d, d + 0.01],
+               "dev_mean": d + 0.005, "dev_std": 0.007, "train_seconds": 60.0}
+              for x, y, d in (("1", "u", 0.3), ("1", "v", 0.32), ("2", "u", 0.2), ("2", "v", 0.25))]
+    results = {"method": "bljust", "data": "D", "seeds": [0, 1], "metric": "dev CER (greedy, %)", "code": None,
+               "budget": {"value": 10, "budget_rule": "passes", "rule_text": "equal batch passes"},
+               "grid": [{"knob": k, "values": v} for k, v in grid], "points": points,
+               "sensitivity": sensitivity(grid, points), "failed": [],
+               "chosen": {"name": "x-2_y-u_z-k", "settings": points[2]["settings"],
+                          "runs": [{"seed": 0, "test": {"wer": 0.4, "cer": 0.2, "lm": {"wer": 0.3}}}]}}
+    write_sweep_report(tmp_path, results)
+    report = (tmp_path / "report.md").read_text()
+    assert "](heatmap-x-y.png)" in report and (tmp_path / "heatmap-x-y.png").is_file()
+    assert sorted(p.name for p in tmp_path.glob("heatmap-*.png")) == ["heatmap-x-y.png"]
+    assert "**a.z**: range 0.00 points against a seed spread of 0.70 — one value: not varied" in report
+    assert "**a.x**" in report and "matters" in report and "| 0 | 40.00 | 20.00 | 30.00 |" in report

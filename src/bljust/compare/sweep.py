@@ -140,7 +140,9 @@ def sensitivity(grid: list[tuple[str, list[str]]], points: list[dict]) -> list[d
                 marginal[value] = statistics.fmean(errs)
         spread = max(marginal.values()) - min(marginal.values()) if len(marginal) > 1 else 0.0
         best = min(marginal, key=marginal.get) if marginal else None
-        if seed_std is None:
+        if len(values) == 1:  # held fixed (e.g. to keep the point names of a larger grid): nothing to judge
+            verdict = "one value: not varied"
+        elif seed_std is None:
             verdict = "no seed spread to judge it by (one seed per point)"
         elif spread > 2 * seed_std:
             verdict = f"matters: {spread / seed_std:.1f}× the seed spread"
@@ -295,7 +297,8 @@ def write_sweep_report(out: Path, results: dict) -> None:
         train = f"{p['train_seconds'] / 60:.1f}" if p["train_seconds"] is not None else "–"
         lines.append("| " + " | ".join([*(p["settings"][k] for k in knobs), _fmt(p["dev_mean"], p["dev_std"]) + mark,
                                        str(len(p["dev"])), train]) + " |")
-    for a, b in itertools.combinations(knobs, 2):
+    varied = [g["knob"] for g in results["grid"] if len(g["values"]) > 1]
+    for a, b in itertools.combinations(varied, 2):
         lines += ["", f"![{a} × {b}]({_heatmap(out, results, a, b)})"]
     chosen = results["chosen"]
     lines += ["", "## The chosen point on test", "",
