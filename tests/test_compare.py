@@ -144,8 +144,12 @@ def test_the_other_rule_adopts_the_runs_that_train_the_same_model(passes, tiny_c
     out = tmp_path / "labeled"
     args = ["--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,pl,ptft", "--seeds", "1", *ARGS,
             "--budget-rule", "labeled", "--reuse-from", str(src)]
+    wrong = compare(*args[:-1], str(tmp_path / "nowhere"))  # a directory that holds no comparison is named
+    assert wrong.returncode != 0 and f"--reuse-from {tmp_path / 'nowhere'}: not a comparison directory" in wrong.stderr
+    assert not (out / "runs").exists()
     r = compare(*args)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"compare: 2 of 3 run(s) not trained here adopted from {src}" in r.stderr
     for method in ("supervised", "pl"):
         assert f"{method}-seed0: trained under the passes rule" in r.stderr
         assert f"{method}-seed0: started" not in r.stderr and f"probe-{method}-seed0: started" not in r.stderr

@@ -526,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.set_defaults(func=cmd_lm)
 
     from bljust.compare.budget import ABLATIONS, BUDGET_RULES
+    from bljust.compare.sweep import METRICS
 
     for name, help_ in (("compare", "train every method × seed under one budget; write results.json and a report"),
                         ("demo", "generate the demo corpus (if absent) and run compare on it")):
@@ -571,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per point (default 1; 2+ gives a seed spread)")
     sw.add_argument("--budget", type=int, help="per run, as compare's (default: the config's train.max_steps)")
     sw.add_argument("--budget-rule", choices=BUDGET_RULES, default=BUDGET_RULES[0])
-    sw.add_argument("--metric", choices=("lm-wer", "cer"),
+    sw.add_argument("--metric", choices=tuple(METRICS),
                     help="what points are judged by on dev: WER with the LM (the default when there is an LM) or "
                          "greedy CER (the default without one)")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value for every point")

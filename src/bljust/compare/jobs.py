@@ -189,6 +189,13 @@ def probe_key(source_key: str, probe: dict) -> str:
     return hashlib.sha256(json.dumps([PROBE_KEY_VERSION, source_key, probe], sort_keys=True).encode()).hexdigest()[:16]
 
 
+def run_probe_key(source_key: str) -> str:
+    """The key of the linear probe that compare runs on a trained run (the default ``ProbeConfig``)."""
+    from bljust.probe import ProbeConfig
+
+    return probe_key(source_key, dataclasses.asdict(ProbeConfig()))
+
+
 def plan_probes(jobs: list[Job], out: Path) -> list[Job]:
     """A probe job for every finished training job, and one of a random-init encoder of the architecture,
     units and feature statistics of the first finished run that trained on the labeled split alone
@@ -201,7 +208,7 @@ def plan_probes(jobs: list[Job], out: Path) -> list[Job]:
     for j in finished:
         settings = dataclasses.asdict(cfg)
         probes.append(Job(j.method, j.seed, out / "probes" / j.run_dir.name, [], cfg.steps, j.budget,
-                          probe_key(j.key, settings), rule=j.rule, kind="probe", source=j.run_dir, probe=settings))
+                          run_probe_key(j.key), rule=j.rule, kind="probe", source=j.run_dir, probe=settings))
     base = sorted((j for j in finished if j.method != TOPLINE), key=lambda j: j.method != "supervised")
     if base:
         settings = dataclasses.asdict(dataclasses.replace(cfg, random_init=True))
@@ -231,35 +238,38 @@ def adopt_runs(jobs: list[Job], cfg: Config, data: Path, budget: int, lm, source
     record and job spec get this comparison's key and rule; its linear probe comes along when its key matches.
     A run this comparison has started itself (checkpoints, or a record of its own) is never replaced."""
     from bljust.compare.budget import BUDGET_RULES
-    from bljust.probe import ProbeConfig
 
+    missing = [str(d) for d in sources if not (d / "runs").is_dir()]
+    if missing:
+        raise FileNotFoundError(f"--reuse-from {', '.join(missing)}: not a comparison directory (no runs/ in it)")
     lm_sha = lm.sha256 if lm is not None else ""
-    probe_settings = dataclasses.asdict(ProbeConfig())
-    adopted = []
-    for job in jobs:
-        if (job.kind != "train" or train_method(job.method) == "bljust" or job.trained()
-                or (job.run_dir / "checkpoints").is_dir()):
+    adopted, untrained = [], [j for j in jobs if j.kind == "train" and not j.trained()]
+    for job in untrained:
+        if train_method(job.method) == "bljust" or (job.run_dir / "checkpoints").is_dir():
             continue
         share = method_settings(job.method, cfg, budget, 0, 0, job.rule)[0]
         for rule in (r for r in BUDGET_RULES if r != job.rule):
             if method_settings(job.method, cfg, budget, 0, 0, rule)[0] != share:
                 continue
             key = run_key(cfg, data, job.method, job.settings, rule, lm_sha)
-            source = next((d / "runs" / job.run_dir.name for d in sources
-                           if (read_json(d / "runs" / job.run_dir.name / "record.json") or {}).get("key") == key
-                           and (d / "runs" / job.run_dir.name / "best.pt").is_file()), None)
+            candidates = (d / "runs" / job.run_dir.name for d in sources)
+            source = next((c for c in candidates if (read_json(c / "record.json") or {}).get("key") == key
+                           and (c / "best.pt").is_file()), None)
             if source is None:
                 continue
             _copy_run(source, job.run_dir, {"key": job.key, "budget_rule": job.rule, "adopted_from": str(source)})
             if (source.parent / f"{job.name}.log").is_file():
                 shutil.copyfile(source.parent / f"{job.name}.log", job.log_path)
             probe = source.parent.parent / "probes" / job.run_dir.name
-            if (read_json(probe / "record.json") or {}).get("key") == probe_key(key, probe_settings):
+            if (read_json(probe / "record.json") or {}).get("key") == run_probe_key(key):
                 _copy_run(probe, job.run_dir.parent.parent / "probes" / job.run_dir.name,
-                          {"key": probe_key(job.key, probe_settings)})
+                          {"key": run_probe_key(job.key)})
             log.info("%s: trained under the %s rule in %s with the same settings, adopted", job.name, rule, source)
             adopted.append(job)
             break
+    if untrained:
+        log.info("compare: %d of %d run(s) not trained here adopted from %s", len(adopted), len(untrained),
+                 ", ".join(map(str, sources)))
     return adopted
 
 
