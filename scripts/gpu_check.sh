@@ -30,13 +30,17 @@ if [ ! -f "$DATA/summary.json" ]; then
   "${BLJUST[@]}" corpus synth "$DATA" --labeled-minutes 20 --unlabeled-minutes 40 --dev-minutes 4 --test-minutes 4 \
     --jobs "$(nproc)" --quiet
 fi
+# PL labels the unlabeled split with the LM beam search (recipes/demo.yaml: pl.decode=lm)
+[ -f "$DATA/lm3.arpa" ] || "${BLJUST[@]}" lm "$DATA/lm_text.txt" "$DATA/lm3.arpa" --order 3 > /dev/null
 
 COMMON=(--config recipes/demo.yaml --set train.device=cuda --set train.amp_dtype=bf16 --set "train.max_steps=$STEPS"
         --set train.valid_every=100000 --set train.checkpoint_every=100000)
 runs=()
 for method in supervised ptft pl just bljust; do
   rm -rf "${OUT:?}/$method"
-  "${BLJUST[@]}" train --method "$method" --data "$DATA" --out "$OUT/$method" "${COMMON[@]}" > "$OUT/$method.log" 2>&1 \
+  extra=(); [ "$method" = pl ] && extra=(--set "decode.lm=$DATA/lm3.arpa")
+  "${BLJUST[@]}" train --method "$method" --data "$DATA" --out "$OUT/$method" "${COMMON[@]}" "${extra[@]}" \
+    > "$OUT/$method.log" 2>&1 \
     || { tail -30 "$OUT/$method.log"; echo "gpu_check: $method FAILED" >&2; exit 1; }
   runs+=("$method")
 done

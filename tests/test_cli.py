@@ -118,6 +118,8 @@ def test_demo_with_tiny_recipe(tmp_path, tiny_corpus):
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert {r["method"] for r in results["runs"]} == {"supervised", "ptft", "just", "pl", "bljust", "topline"}
     assert results["failed"] == [] and results["budget"]["budget_rule"] == "labeled"
+    # The fixture is an unseen corpus, not the demo scenario's: the demo runs on it and says so.
+    assert "scenario unseen, not demo" in r.stderr
 
 
 def test_method_choices_come_from_the_registry():
@@ -131,6 +133,8 @@ def test_method_choices_come_from_the_registry():
     args = parser.parse_args(["compare", "--data", "d", "--out", "o"])
     assert args.budget_rule == "passes"
     assert parser.parse_args(["demo", "--budget-rule", "labeled"]).budget_rule == "labeled"
+    demo = parser.parse_args(["demo"])
+    assert (demo.scenario, demo.data, demo.out) == ("demo", None, None)  # data/demo and runs/demo
     with pytest.raises(SystemExit):
         parser.parse_args(["compare", "--data", "d", "--out", "o", "--budget-rule", "epochs"])
     help_text = parser._subparsers._group_actions[0].choices["compare"].format_help()

@@ -32,7 +32,7 @@ def test_bad_config_names_the_problem(override, message):
 
 
 def test_recipes_load():
-    for name in ("tiny.yaml", "demo.yaml"):
+    for name in ("tiny.yaml", "demo.yaml", "benchmark.yaml"):
         load_config(REPO / "recipes" / name)
 
 

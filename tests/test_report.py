@@ -620,3 +620,22 @@ def test_verdict_without_ptft_or_hypotheses(tmp_path, monkeypatch):
     verdict = _section(write_report(_out_dir(tmp_path / "c", methods=("supervised", "bljust")))["markdown"].read_text(),
                        "Verdict")
     assert "Best on dev: supervised" in verdict and "no semi-supervised method beat it on dev" in verdict
+
+
+def test_when_supervised_does_best_the_verdict_states_its_gain_over_ptft(tmp_path, monkeypatch):
+    """Intervals are computed against PT+FT and supervised only; supervised against PT+FT is PT+FT's interval
+    turned round (the same resamples), with the compute ratio as for any best method."""
+    out = _three_methods(tmp_path, monkeypatch)
+    results = json.loads((out / "results.json").read_text())
+    for run in results["runs"]:
+        if run["method"] == "supervised":
+            run["dev"]["cer"] = 0.30 + 0.02 * run["seed"]
+    (out / "results.json").write_text(json.dumps(results))
+    out = _with_hypotheses(out)
+    mirror = json.loads((out / "results.json").read_text())["significance"]["scores"]["test"]["ptft"]["supervised"]
+    verdict = _section(write_report(out)["markdown"].read_text(), "Verdict")
+    assert "Best on dev: supervised (dev CER 31.0 ± 1.4 %)" in verdict
+    turned = {"diff": -mirror["wer"]["diff"], "low": -mirror["wer"]["high"], "high": -mirror["wer"]["low"]}
+    assert ("no semi-supervised method beat it on dev. Against PT+FT, the usual recipe: supervised's test WER − "
+            f"PT+FT's: {_iv(turned)} points; the interval includes zero") in verdict
+    assert "Compute: supervised trained for 1.00 × PT+FT's training seconds" in verdict

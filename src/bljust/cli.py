@@ -300,17 +300,28 @@ def cmd_demo(args) -> int:
     from bljust.compare import compare
     from bljust.data.manifests import SPLITS, has_split
 
-    data, out = Path(args.data), Path(args.out)
+    data = Path(args.data or f"data/{args.scenario}")
+    out = Path(args.out or f"runs/{args.scenario}")
     if not all(has_split(data, s) for s in SPLITS):
         from bljust.data.synth import format_summary, synthesize_corpus
 
-        print(f"generating the demo corpus in {data} ...", file=sys.stderr)
-        print(format_summary(synthesize_corpus(data, seed=args.corpus_seed, jobs=args.synth_jobs)))
-    elif not (data / "lm_text.txt").is_file() and (data / "utterances.tsv").is_file():
-        from bljust.data.synth import write_lm_text
+        print(f"generating the {args.scenario} corpus in {data} ...", file=sys.stderr)
+        print(format_summary(synthesize_corpus(data, scenario=args.scenario, seed=args.corpus_seed,
+                                               jobs=args.synth_jobs)))
+    else:
+        if not (data / "lm_text.txt").is_file() and (data / "utterances.tsv").is_file():
+            from bljust.data.synth import write_lm_text
 
-        write_lm_text(data)  # a demo corpus made before corpora carried LM text
-    results = compare(data, out, config=args.config or _recipe("demo.yaml"), **_compare_args(args))
+            write_lm_text(data)  # a demo corpus made before corpora carried LM text
+        summary = data / "summary.json"
+        # Corpora made before scenarios existed are the unseen one.
+        made_as = json.loads(summary.read_text()).get("scenario", "unseen") if summary.is_file() else args.scenario
+        if made_as != args.scenario:  # e.g. a data/demo from before the demo moved to the commands regime
+            log.warning("%s holds a corpus of scenario %s, not %s: the demo runs on it as it is (delete it, or "
+                        "give another --data, to make the %s corpus)", data, made_as, args.scenario, args.scenario)
+    # A scenario with a recipe of its own (benchmark) runs it; the rest run the demo's.
+    recipe = f"{args.scenario}.yaml" if (REPO_RECIPES / f"{args.scenario}.yaml").is_file() else "demo.yaml"
+    results = compare(data, out, config=args.config or _recipe(recipe), **_compare_args(args))
     return _print_results(results, out)
 
 
@@ -536,9 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--out", required=True, help="report directory (results.json, report.html, runs/)")
             c.add_argument("--config", help="YAML config shared by every method (e.g. recipes/demo.yaml)")
         else:
-            c.add_argument("--data", default="data/demo")
-            c.add_argument("--out", default="runs/demo")
-            c.add_argument("--config", help="defaults to recipes/demo.yaml")
+            c.add_argument("--scenario", choices=list(SCENARIOS), default="demo",
+                           help="corpus to generate when --data holds none (default demo; benchmark is the "
+                                "method benchmark's regime, with --seeds 3 --budget 4500)")
+            c.add_argument("--data", help="data directory (default data/SCENARIO; generated if absent)")
+            c.add_argument("--out", help="report directory (default runs/SCENARIO)")
+            c.add_argument("--config", help="defaults to recipes/SCENARIO.yaml where there is one (benchmark), "
+                                            "else recipes/demo.yaml")
             c.add_argument("--corpus-seed", type=int, default=0, help="seed of the generated corpus")
             c.add_argument("--synth-jobs", type=int, default=2, help="parallel synthesis processes")
         c.add_argument("--methods", help=f"comma-separated (default: all: {','.join(METHOD_NAMES)}, and topline when "

@@ -491,10 +491,24 @@ def _best_on_dev(inp: Inputs) -> tuple[str | None, str]:
     return (min(scored, key=scored.get) if scored else None), key
 
 
+def _either_way(inp: Inputs, score: str, method: str, ref: str) -> dict | None:
+    """The interval of ``method`` − ``ref``, also when results hold it the other way round (supervised against
+    PT+FT: intervals are computed against the references only). A paired bootstrap of b − a on the same resamples
+    is that of a − b negated, so turning it round is exact."""
+    if (c := _comparison(inp, score, method, ref)) is not None or (c := _comparison(inp, score, ref, method)) is None:
+        return c
+
+    def neg(x: dict) -> dict:
+        return {**x, "diff": -x["diff"], "low": -x["high"], "high": -x["low"]}
+
+    return {**c, "wer": neg(c["wer"]), "cer": neg(c["cer"]),
+            "per_seed": [{**q, "wer": neg(q["wer"]), "cer": neg(q["cer"])} for q in c["per_seed"]]}
+
+
 def _gain(inp: Inputs, best: str, ref: str, score: str) -> str:
     """``best``'s test WER and CER against ``ref``'s with their pooled intervals; the difference of the means
     when results hold no interval for the pair (their hypotheses were not read)."""
-    c = _comparison(inp, score, best, ref)
+    c = _either_way(inp, score, best, ref)
     parts = []
     for rate in ("wer", "cer"):
         key = f"{score}_{rate}"
@@ -534,8 +548,12 @@ def _verdict(inp: Inputs) -> list[tuple]:
     best_text = (f"Best on dev: {_label(best)} ({'dev WER with the LM' if key == 'dev_lm_wer' else 'dev CER'} "
                  f"{_pct(inp.summary[best][key])} %). {VERDICT_RULE}")
     if best == "supervised":
-        return blocks + [("p", best_text), ("p", "Supervised training on the labeled split alone did best: no "
-                                                  "semi-supervised method beat it on dev.")]
+        alone = "Supervised training on the labeled split alone did best: no semi-supervised method beat it on dev."
+        if "ptft" not in inp.runs:
+            return blocks + [("p", best_text), ("p", alone)]
+        return blocks + [("p", best_text), ("p", f"{alone} Against PT+FT, the usual recipe: "
+                                                 + _gain(inp, best, "ptft", score)),
+                         ("p", _compute_ratio(inp, best, "ptft"))]
     ref = "supervised" if best == "ptft" else next((r for r in REFERENCES if r in inp.runs), None)
     if ref not in inp.runs:
         return blocks + [("p", best_text), ("p", "PT+FT, the usual recipe, did best itself; no supervised run to "

@@ -105,6 +105,11 @@ def test_presets_and_overrides():
         (12.0, 4, 120.0, 8.0, 8.0, 0.0, 0.0, "austen")
     assert in_dom.settings() == {**unseen.settings(), "in_domain_minutes": 80.0, "test_unseen_minutes": 8.0}
     assert cmd.settings() == {**in_dom.settings(), "text": "commands"}
+    # The benchmark's corpus is the one the regime search chose (commands-l60s24, RESULTS.md); the demo's differs
+    # from it only in untranscribed minutes.
+    regime = resolve_scenario("commands", labeled_minutes=60.0, labeled_speakers=24, unlabeled_minutes=400.0)
+    assert SCENARIOS["benchmark"].settings() == regime.settings()
+    assert SCENARIOS["demo"].settings() == {**regime.settings(), "unlabeled_minutes": 120.0}
     r = resolve_scenario("commands", labeled_minutes=3.0, dev_minutes=None, text=None)
     assert (r.name, r.labeled_minutes, r.dev_minutes, r.text) == ("commands", 3.0, 8.0, "commands")
     with pytest.raises(ValueError, match="unknown scenario"):
