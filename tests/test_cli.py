@@ -122,6 +122,23 @@ def test_demo_with_tiny_recipe(tmp_path, tiny_corpus):
     assert "scenario unseen, not demo" in r.stderr
 
 
+def test_demo_runs_the_recipe_of_its_scenario(tmp_path, tiny_corpus, monkeypatch):
+    """--scenario benchmark runs recipes/benchmark.yaml (the method benchmark); a scenario without a recipe of its own
+    runs the demo's; --config wins over both. compare itself is replaced: only the choice is under test."""
+    import bljust.compare
+    from bljust.cli import main
+
+    calls = []
+    monkeypatch.setattr(bljust.compare, "compare",
+                        lambda data, out, config, **kw: calls.append((data, out, config)) or {"runs": [], "failed": []})
+    for scenario in ("benchmark", "demo", "unseen"):
+        assert main(["demo", "--scenario", scenario, "--data", str(tiny_corpus), "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--scenario", "benchmark", "--data", str(tiny_corpus), "--out", str(tmp_path),
+                 "--config", str(TINY)]) == 0
+    assert [c[2] for c in calls] == [REPO / "recipes" / "benchmark.yaml", REPO / "recipes" / "demo.yaml",
+                                     REPO / "recipes" / "demo.yaml", str(TINY)]
+
+
 def test_method_choices_come_from_the_registry():
     from bljust.cli import build_parser
     from bljust.methods import METHOD_NAMES
