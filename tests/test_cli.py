@@ -139,6 +139,18 @@ def test_demo_runs_the_recipe_of_its_scenario(tmp_path, tiny_corpus, monkeypatch
                                      REPO / "recipes" / "demo.yaml", str(TINY)]
 
 
+def test_demo_names_a_corpus_summary_it_cannot_read(tmp_path, tiny_corpus):
+    """The scenario check reads the corpus's summary.json: a broken one is an error naming it, before anything trains."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    (data / "summary.json").write_text("{truncated")
+    r = run("demo", "--data", str(data), "--out", str(tmp_path / "demo"), "--config", str(TINY), check=False)
+    assert r.returncode == 2 and f"{data / 'summary.json'}: not a readable corpus summary" in r.stderr
+    assert not (tmp_path / "demo" / "runs").exists()
+
+
 def test_method_choices_come_from_the_registry():
     from bljust.cli import build_parser
     from bljust.methods import METHOD_NAMES

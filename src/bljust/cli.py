@@ -309,13 +309,13 @@ def cmd_demo(args) -> int:
         print(format_summary(synthesize_corpus(data, scenario=args.scenario, seed=args.corpus_seed,
                                                jobs=args.synth_jobs)))
     else:
-        if not (data / "lm_text.txt").is_file() and (data / "utterances.tsv").is_file():
-            from bljust.data.synth import write_lm_text
+        from bljust.data.synth import read_summary, write_lm_text
 
+        if not (data / "lm_text.txt").is_file() and (data / "utterances.tsv").is_file():
             write_lm_text(data)  # a demo corpus made before corpora carried LM text
-        summary = data / "summary.json"
-        # Corpora made before scenarios existed are the unseen one.
-        made_as = json.loads(summary.read_text()).get("scenario", "unseen") if summary.is_file() else args.scenario
+        # A synthesised corpus made before scenarios existed is the unseen one; an imported one has no summary.
+        summary = read_summary(data)
+        made_as = summary.get("scenario", "unseen") if summary else args.scenario
         if made_as != args.scenario:  # e.g. a data/demo from before the demo moved to the commands regime
             log.warning("%s holds a corpus of scenario %s, not %s: the demo runs on it as it is (delete it, or "
                         "give another --data, to make the %s corpus)", data, made_as, args.scenario, args.scenario)

@@ -495,8 +495,10 @@ def _either_way(inp: Inputs, score: str, method: str, ref: str) -> dict | None:
     """The interval of ``method`` − ``ref``, also when results hold it the other way round (supervised against
     PT+FT: intervals are computed against the references only). A paired bootstrap of b − a on the same resamples
     is that of a − b negated, so turning it round is exact."""
-    if (c := _comparison(inp, score, method, ref)) is not None or (c := _comparison(inp, score, ref, method)) is None:
+    if (c := _comparison(inp, score, method, ref)) is not None:
         return c
+    if (c := _comparison(inp, score, ref, method)) is None:
+        return None
 
     def neg(x: dict) -> dict:
         return {**x, "diff": -x["diff"], "low": -x["high"], "high": -x["low"]}

@@ -703,6 +703,21 @@ def synthesize_corpus(out_dir: str | Path, labeled_minutes: float | None = None,
     return summary
 
 
+def read_summary(out_dir: Path) -> dict:
+    """A synthesised corpus's summary.json ({} when the directory has none: an imported corpus); a file that is not
+    a JSON object is a ValueError naming it."""
+    path = Path(out_dir) / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable corpus summary ({e})") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path}: not a readable corpus summary (a JSON {type(summary).__name__}, not an object)")
+    return summary
+
+
 def write_lm_text(out_dir: str | Path) -> Path:
     """Write ``lm_text.txt``: text for a word n-gram LM, one normalised sentence per line.
 
@@ -727,8 +742,7 @@ def write_lm_text(out_dir: str | Path) -> Path:
             cols = line.rstrip("\n").split("\t")
             if len(cols) > text_col and cols[split_col] != "labeled":
                 held_out.add(normalize_transcript(cols[text_col]))
-    summary_path = out_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_summary(out_dir)
     settings = summary.get("scenario_settings", {})
     if settings.get("text", "austen") == "austen":
         universe = austen_sentences(1, 10**6)
