@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from bljust.config import ModelConfig
+from bljust.models.dropout import Dropout
 from bljust.models.subsampling import Conv2dSubsampling4, valid_mask
 
 
@@ -34,7 +35,7 @@ class CnnLstmEncoder(nn.Module):
         self.subsampling = Conv2dSubsampling4(input_dim, cfg.subsampling_channels, cfg.d_model, cfg.dropout)
         self.lstm = nn.LSTM(cfg.d_model, cfg.lstm_hidden, num_layers=cfg.num_layers, batch_first=True,
                             bidirectional=True, dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.out = nn.Linear(2 * cfg.lstm_hidden, cfg.d_model)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:

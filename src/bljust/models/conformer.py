@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bljust.config import ModelConfig
+from bljust.models.dropout import Dropout
 from bljust.models.subsampling import Conv2dSubsampling4, valid_mask
 
 ROPE_BASE = 10000.0
@@ -51,7 +52,7 @@ class FeedForward(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.lin1 = nn.Linear(d_model, mult * d_model)
         self.lin2 = nn.Linear(mult * d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.lin2(self.dropout(F.silu(self.lin1(self.norm(x))))))
@@ -66,7 +67,7 @@ class RotarySelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
         self.attn_dropout = dropout
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         """x: (B, T, d); attn_mask: (B, 1, 1, T) bool, True = attend."""
@@ -89,7 +90,7 @@ class ConvModule(nn.Module):
         self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
         self.conv_norm = nn.LayerNorm(d_model)
         self.pointwise2 = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, pad_mask: Tensor) -> Tensor:
         """x: (B, T, d); pad_mask: (B, T, 1) bool, True on padded frames."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from bljust.models.dropout import Dropout
+
 MIN_INPUT_FRAMES = 7
 """Shortest input (frames) that yields at least one output frame."""
 
@@ -50,7 +52,7 @@ class Conv2dSubsampling4(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, stride=2)
         freq_out = ((input_dim - 1) // 2 - 1) // 2
         self.out = nn.Linear(freq_out * channels, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     @staticmethod
     def output_lengths(lengths: Tensor) -> Tensor:
