@@ -159,5 +159,7 @@ def test_bench_command_with_data_reports_the_data_wait(tiny_corpus, capsys):
         shares[kind] = float(cells[6])
         assert 0 <= shares[kind] <= 100, cells
     goal = re.search(r"data wait goal ≤ 5 % of step time: (met|not met) \(worst: (\w+), ([\d.]+) %\)", out)
-    assert goal and goal[2] == max(shares, key=shares.get), out
+    # The table rounds to 0.1 %, so two kinds can tie there: the one named must hold the largest printed share.
+    assert goal and goal[2] in shares and shares[goal[2]] == max(shares.values()), out
+    assert float(goal[3]) == shares[goal[2]]
     assert (float(goal[3]) <= bench.DATA_WAIT_GOAL) == (goal[1] == "met")
