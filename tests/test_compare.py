@@ -721,3 +721,33 @@ def test_a_transducer_comparison_decodes_greedily_without_an_lm(tiny_corpus, tmp
     assert (tmp_path / run["run_dir"] / "best.pt").stat().st_mtime_ns == best
     assert json.loads((tmp_path / "results.json").read_text())["runs"][0]["test"]["decoding"].startswith(
         "transducer modified beam search (beam 2")
+
+
+def test_a_run_record_names_the_code_it_started_training_with(tmp_path, monkeypatch):
+    """The checkout can move on while a run trains (hours here): the record names the code of the process that
+    trained, read before training, not the checkout's at the end."""
+    import bljust.compare.results as results_module
+    import bljust.evaluate as evaluate_module
+    from bljust.compare.jobs import run_job
+    from bljust.methods import METHODS
+
+    state = {"trained": False}
+    monkeypatch.setattr(results_module, "code_version",
+                        lambda: {"version": "x", "commit": ("b" if state["trained"] else "a") * 40, "dirty": False})
+    monkeypatch.setattr(results_module, "unlabeled_seconds", lambda data: 0.0)
+    monkeypatch.setattr(results_module, "run_costs", lambda summary, budget, seconds, unlabeled: {"train_seconds": 1.0})
+    monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: {"dev": {"cer": 0.5}})
+
+    def train(cfg, data, run_dir, resume):
+        state["trained"] = True  # a commit lands while the run trains
+        run_dir.mkdir(parents=True)
+        return {}
+
+    monkeypatch.setitem(METHODS, "supervised", train)
+    run_dir = tmp_path / "runs" / "supervised-seed0"
+    spec = {"run_dir": str(run_dir), "data": str(tmp_path), "threads": 1, "config": str(TINY), "settings": [],
+            "device": "cpu", "method": "supervised", "seed": 0, "key": "k", "budget": 10, "budget_rule": "passes"}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert run_job(tmp_path / "spec.json") == 0
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["code"]["commit"] == "a" * 40

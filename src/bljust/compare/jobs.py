@@ -328,10 +328,12 @@ def run_job(spec_path: Path) -> int:
         code = old.get("code")  # the code that trained it (records before it was kept have none)
     else:
         resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt"))
+        # Read before training: the checkout may move on during a long run, and this process trains with the
+        # code it imported at its start. A run resumed across commits names the code of its last process.
+        code = code_version()
         started = time.time()
         summary = METHODS[train_method(spec["method"])](cfg, data, run_dir, resume=resume)
         costs = run_costs(summary, spec["budget"], time.time() - started, unlabeled_seconds(data))
-        code = code_version()
     device = "cuda" if spec["device"].startswith("cuda") else "cpu"
     d = cfg.decode
     scores = evaluate_run(run_dir, data, tuple(spec.get("eval_splits", EVAL_SPLITS)), device, lm=spec.get("lm"),
