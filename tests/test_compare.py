@@ -178,6 +178,24 @@ def test_the_other_rule_adopts_the_runs_that_train_the_same_model(passes, tiny_c
     assert all(files(out)[p][1] != stamp for p, (_, stamp) in copies.items())  # the copies were rewritten
 
 
+def test_the_same_rule_adopts_a_run_with_the_same_key(passes, tiny_corpus, tmp_path):
+    """``--reuse-from`` a comparison (or a sweep's point) under the same rule: a run with this run's key trained
+    this model, BL-JUST's included, so it is copied with its probe. (A run whose key differs is trained: PT+FT in
+    the test above.)"""
+    src, _ = passes
+    out = tmp_path / "again"
+    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "bljust", "--seeds", "1", *ARGS,
+                "--reuse-from", str(src))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"bljust-seed0: trained with the same key in {src / 'runs' / 'bljust-seed0'}, adopted" in r.stderr
+    assert "bljust-seed0: started" not in r.stderr and "probe-bljust-seed0: started" not in r.stderr
+    assert "compare: 1 of 1 run(s) not trained here adopted" in r.stderr
+    [run] = json.loads((out / "results.json").read_text())["runs"]
+    [before] = [run for run in json.loads((src / "results.json").read_text())["runs"] if run["method"] == "bljust"]
+    assert run["key"] == before["key"] and run["test"] == before["test"] and run["probe"] == before["probe"]
+    assert run["adopted_from"] == str(src / "runs" / "bljust-seed0")
+
+
 def test_runs_are_also_decoded_with_the_corpus_lm_tuned_on_dev(passes):
     out, _ = passes
     results = json.loads((out / "results.json").read_text())

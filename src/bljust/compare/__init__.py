@@ -71,8 +71,8 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
     random-init encoder, write results.json and the report; returns the results.
 
     ``methods`` defaults to every method, and the topline when the corpus has the ``unlabeled_text`` split.
-    ``reuse_from``: earlier comparisons' directories whose runs that trained the same model under the other rule
-    are copied instead of trained again (``jobs.adopt_runs``)."""
+    ``reuse_from``: earlier comparisons' or sweep points' directories whose runs that trained the same model are
+    copied instead of trained again (``jobs.adopt_runs``)."""
     from bljust.data.manifests import SPLITS, has_split
     from bljust.evaluate import NORMALIZATION, decoding_name
     from bljust.lm import PreparedLM, lm_order_of, prepare_lm

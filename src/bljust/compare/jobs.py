@@ -228,15 +228,17 @@ def check_reusable(jobs: list[Job]) -> None:
 
 
 def adopt_runs(jobs: list[Job], cfg: Config, data: Path, budget: int, lm, sources: list[Path]) -> list[Job]:
-    """Copy into this comparison the finished runs of earlier comparisons (``compare --reuse-from DIR``) that
-    trained the same model under the other budget rule, instead of training them again; returns the adopted jobs.
+    """Copy into this comparison the finished runs of earlier comparisons or sweep points (``compare --reuse-from
+    DIR``) that trained the same model, instead of training them again; returns the adopted jobs.
 
-    Supervised, PL and the topline make the same steps with the same settings under both rules, so a passes-rule
-    run is also the labeled-rule run. A run qualifies only when its method's settings under its own rule equal
-    this job's (BL-JUST and its ablations plan in the rule's unit, so they are never adopted) and its record
-    carries the key this job would have had under that rule: same config, data, seed, budget and LM. The copy's
-    record and job spec get this comparison's key and rule; its linear probe comes along when its key matches.
-    A run this comparison has started itself (checkpoints, or a record of its own) is never replaced."""
+    A run with this job's key trained this model: same config, data, seed, budget, rule and LM (a sweep's chosen
+    point at seed 0 is the benchmark's seed 0 run). Supervised, PL and the topline also make the same steps with the
+    same settings under both rules, so a passes-rule run is also the labeled-rule run: across rules a run
+    qualifies when its method's settings under its own rule equal this job's (BL-JUST and its ablations plan in
+    the rule's unit, so they are never adopted across rules) and its record carries the key this job would have
+    had under that rule. The copy's record and job spec get this comparison's key and rule; its linear probe comes
+    along when its key matches. A run this comparison has started itself (checkpoints, or a record of its own) is
+    never replaced."""
     from bljust.compare.budget import BUDGET_RULES
 
     missing = [str(d) for d in sources if not (d / "runs").is_dir()]
@@ -245,13 +247,14 @@ def adopt_runs(jobs: list[Job], cfg: Config, data: Path, budget: int, lm, source
     lm_sha = lm.sha256 if lm is not None else ""
     adopted, untrained = [], [j for j in jobs if j.kind == "train" and not j.trained()]
     for job in untrained:
-        if train_method(job.method) == "bljust" or (job.run_dir / "checkpoints").is_dir():
+        if (job.run_dir / "checkpoints").is_dir():
             continue
         share = method_settings(job.method, cfg, budget, 0, 0, job.rule)[0]
-        for rule in (r for r in BUDGET_RULES if r != job.rule):
-            if method_settings(job.method, cfg, budget, 0, 0, rule)[0] != share:
+        for rule in (job.rule, *(r for r in BUDGET_RULES if r != job.rule)):
+            if rule != job.rule and (train_method(job.method) == "bljust"
+                                     or method_settings(job.method, cfg, budget, 0, 0, rule)[0] != share):
                 continue
-            key = run_key(cfg, data, job.method, job.settings, rule, lm_sha)
+            key = job.key if rule == job.rule else run_key(cfg, data, job.method, job.settings, rule, lm_sha)
             candidates = (d / "runs" / job.run_dir.name for d in sources)
             source = next((c for c in candidates if (read_json(c / "record.json") or {}).get("key") == key
                            and (c / "best.pt").is_file()), None)
@@ -264,7 +267,8 @@ def adopt_runs(jobs: list[Job], cfg: Config, data: Path, budget: int, lm, source
             if (read_json(probe / "record.json") or {}).get("key") == run_probe_key(key):
                 _copy_run(probe, job.run_dir.parent.parent / "probes" / job.run_dir.name,
                           {"key": run_probe_key(job.key)})
-            log.info("%s: trained under the %s rule in %s with the same settings, adopted", job.name, rule, source)
+            how = "with the same key" if rule == job.rule else f"under the {rule} rule with the same settings"
+            log.info("%s: trained %s in %s, adopted", job.name, how, source)
             adopted.append(job)
             break
     if untrained:
