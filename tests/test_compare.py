@@ -151,7 +151,7 @@ def test_the_other_rule_adopts_the_runs_that_train_the_same_model(passes, tiny_c
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"compare: 2 of 3 run(s) not trained here adopted from {src}" in r.stderr
     for method in ("supervised", "pl"):
-        assert f"{method}-seed0: trained under the passes rule" in r.stderr
+        assert f"{method}-seed0: the same model trained in {src / 'runs' / f'{method}-seed0'} (passes rule)" in r.stderr
         assert f"{method}-seed0: started" not in r.stderr and f"probe-{method}-seed0: started" not in r.stderr
     assert "ptft-seed0: started" in r.stderr and "probe-ptft-seed0: started" in r.stderr
     results = json.loads((out / "results.json").read_text())
@@ -178,22 +178,31 @@ def test_the_other_rule_adopts_the_runs_that_train_the_same_model(passes, tiny_c
     assert all(files(out)[p][1] != stamp for p, (_, stamp) in copies.items())  # the copies were rewritten
 
 
-def test_the_same_rule_adopts_a_run_with_the_same_key(passes, tiny_corpus, tmp_path):
-    """``--reuse-from`` a comparison (or a sweep's point) under the same rule: a run with this run's key trained
-    this model, BL-JUST's included, so it is copied with its probe. (A run whose key differs is trained: PT+FT in
-    the test above.)"""
+def test_a_run_with_the_same_settings_is_adopted_whatever_the_recipe_file(passes, tiny_corpus, tmp_path, monkeypatch):
+    """``--reuse-from`` under the same rule: a run that trained with the settings this one would (BL-JUST's
+    included) is copied with its probe, although the comparison's config differs in a value the budget
+    overrides, so the keys differ. (A run whose settings differ is trained: PT+FT in the test above.) A run keyed
+    by another KEY_VERSION (older training code) is never adopted."""
+    from bljust.compare import jobs
+
     src, _ = passes
     out = tmp_path / "again"
     r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "bljust", "--seeds", "1", *ARGS,
-                "--reuse-from", str(src))
+                "--set", "train.max_steps=7", "--reuse-from", str(src))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"bljust-seed0: trained with the same key in {src / 'runs' / 'bljust-seed0'}, adopted" in r.stderr
+    assert f"bljust-seed0: the same model trained in {src / 'runs' / 'bljust-seed0'} (passes rule), adopted" in r.stderr
     assert "bljust-seed0: started" not in r.stderr and "probe-bljust-seed0: started" not in r.stderr
     assert "compare: 1 of 1 run(s) not trained here adopted" in r.stderr
     [run] = json.loads((out / "results.json").read_text())["runs"]
     [before] = [run for run in json.loads((src / "results.json").read_text())["runs"] if run["method"] == "bljust"]
-    assert run["key"] == before["key"] and run["test"] == before["test"] and run["probe"] == before["probe"]
+    assert run["key"] != before["key"] and run["test"] == before["test"] and run["probe"] == before["probe"]
     assert run["adopted_from"] == str(src / "runs" / "bljust-seed0")
+
+    cfg = load_config(TINY, ["train.max_steps=7"])
+    [job] = plan_jobs(cfg, tiny_corpus.resolve(), tmp_path / "x", ["bljust"], [0], BUDGET)
+    assert jobs.same_model(job, cfg, tiny_corpus.resolve(), "", src / "runs" / "bljust-seed0")
+    monkeypatch.setattr(jobs, "KEY_VERSION", jobs.KEY_VERSION + 1)
+    assert not jobs.same_model(job, cfg, tiny_corpus.resolve(), "", src / "runs" / "bljust-seed0")
 
 
 def test_runs_are_also_decoded_with_the_corpus_lm_tuned_on_dev(passes):

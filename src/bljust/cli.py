@@ -570,9 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--device", default="auto", help="auto (GPUs when present), cpu or cuda")
         c.add_argument("--no-progress", action="store_true", help="no progress bar")
         c.add_argument("--reuse-from", action="append", metavar="DIR",
-                       help="an earlier comparison's or sweep point's directory: its runs that trained the same "
-                            "model (the same key; or, under the other budget rule, supervised, PL and the topline "
-                            "with the same settings) are copied, not trained again (repeatable)")
+                       help="an earlier comparison's or sweep point's directory: its finished runs that trained "
+                            "the model a run here would (same method, data, seed and resolved training settings, "
+                            "under either budget rule) are copied, not trained again (repeatable)")
         c.set_defaults(func=cmd_compare if name == "compare" else cmd_demo)
     sw = sub.add_parser("sweep", help="train one method over a grid of its settings under one budget; report the "
                                       "dev error per point, heatmaps and which knobs matter; test only the chosen point")

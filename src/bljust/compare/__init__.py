@@ -99,7 +99,7 @@ def compare(data: str | Path, out: str | Path, *, methods: list[str] | None = No
     job_list = plan_jobs(cfg, data, out, methods, seeds, budget, budget_rule, lm)
     check_reusable(job_list)
     if reuse_from:
-        adopt_runs(job_list, cfg, data, budget, lm, [Path(d) for d in reuse_from])
+        adopt_runs(job_list, cfg, data, lm, [Path(d) for d in reuse_from])
     dump_config(cfg, out / "config.yaml")
 
     devices = devices_for(device)

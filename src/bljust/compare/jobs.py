@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bljust.checkpoint import atomic_write_text
 from bljust.compare.budget import TOPLINE, method_settings, stream_batches, train_method
-from bljust.config import Config, load_config, to_dict
+from bljust.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, to_dict
 from bljust.methods import METHOD_SECTIONS
 
 log = logging.getLogger("bljust.compare")
@@ -227,20 +227,15 @@ def check_reusable(jobs: list[Job]) -> None:
                              f"seed changed); use a new --out directory or delete that run")
 
 
-def adopt_runs(jobs: list[Job], cfg: Config, data: Path, budget: int, lm, sources: list[Path]) -> list[Job]:
+def adopt_runs(jobs: list[Job], cfg: Config, data: Path, lm, sources: list[Path]) -> list[Job]:
     """Copy into this comparison the finished runs of earlier comparisons or sweep points (``compare --reuse-from
-    DIR``) that trained the same model, instead of training them again; returns the adopted jobs.
+    DIR``) that trained the model a job would train, instead of training it again; returns the adopted jobs.
 
-    A run with this job's key trained this model: same config, data, seed, budget, rule and LM (a sweep's chosen
-    point at seed 0 is the benchmark's seed 0 run). Supervised, PL and the topline also make the same steps with the
-    same settings under both rules, so a passes-rule run is also the labeled-rule run: across rules a run
-    qualifies when its method's settings under its own rule equal this job's (BL-JUST and its ablations plan in
-    the rule's unit, so they are never adopted across rules) and its record carries the key this job would have
-    had under that rule. The copy's record and job spec get this comparison's key and rule; its linear probe comes
-    along when its key matches. A run this comparison has started itself (checkpoints, or a record of its own) is
-    never replaced."""
-    from bljust.compare.budget import BUDGET_RULES
-
+    A run qualifies when it trained with the same settings (``same_model``): a sweep's chosen point at seed 0 is
+    the benchmark's seed 0 run, and supervised, PL and the topline, which make the same steps under both budget
+    rules, are the other rule's runs too (BL-JUST, PT+FT and JUST plan in the rule's unit, so theirs differ). The
+    copy's record and job spec get this comparison's key and rule; its linear probe comes along when its key
+    matches. A run this comparison has started itself (checkpoints, or a record of its own) is never replaced."""
     missing = [str(d) for d in sources if not (d / "runs").is_dir()]
     if missing:
         raise FileNotFoundError(f"--reuse-from {', '.join(missing)}: not a comparison directory (no runs/ in it)")
@@ -249,32 +244,63 @@ def adopt_runs(jobs: list[Job], cfg: Config, data: Path, budget: int, lm, source
     for job in untrained:
         if (job.run_dir / "checkpoints").is_dir():
             continue
-        share = method_settings(job.method, cfg, budget, 0, 0, job.rule)[0]
-        for rule in (job.rule, *(r for r in BUDGET_RULES if r != job.rule)):
-            if rule != job.rule and (train_method(job.method) == "bljust"
-                                     or method_settings(job.method, cfg, budget, 0, 0, rule)[0] != share):
-                continue
-            key = job.key if rule == job.rule else run_key(cfg, data, job.method, job.settings, rule, lm_sha)
-            candidates = (d / "runs" / job.run_dir.name for d in sources)
-            source = next((c for c in candidates if (read_json(c / "record.json") or {}).get("key") == key
-                           and (c / "best.pt").is_file()), None)
-            if source is None:
-                continue
-            _copy_run(source, job.run_dir, {"key": job.key, "budget_rule": job.rule, "adopted_from": str(source)})
-            if (source.parent / f"{job.name}.log").is_file():
-                shutil.copyfile(source.parent / f"{job.name}.log", job.log_path)
-            probe = source.parent.parent / "probes" / job.run_dir.name
-            if (read_json(probe / "record.json") or {}).get("key") == run_probe_key(key):
-                _copy_run(probe, job.run_dir.parent.parent / "probes" / job.run_dir.name,
-                          {"key": run_probe_key(job.key)})
-            how = "with the same key" if rule == job.rule else f"under the {rule} rule with the same settings"
-            log.info("%s: trained %s in %s, adopted", job.name, how, source)
-            adopted.append(job)
-            break
+        candidates = (d / "runs" / job.run_dir.name for d in sources)
+        source = next((c for c in candidates if same_model(job, cfg, data, lm_sha, c)), None)
+        if source is None:
+            continue
+        record = read_json(source / "record.json")
+        _copy_run(source, job.run_dir, {"key": job.key, "budget_rule": job.rule, "adopted_from": str(source)})
+        if (source.parent / f"{job.name}.log").is_file():
+            shutil.copyfile(source.parent / f"{job.name}.log", job.log_path)
+        probe = source.parent.parent / "probes" / job.run_dir.name
+        if (read_json(probe / "record.json") or {}).get("key") == run_probe_key(record["key"]):
+            _copy_run(probe, job.run_dir.parent.parent / "probes" / job.run_dir.name, {"key": run_probe_key(job.key)})
+        log.info("%s: the same model trained in %s (%s rule), adopted", job.name, source, record.get("budget_rule"))
+        adopted.append(job)
     if untrained:
         log.info("compare: %d of %d run(s) not trained here adopted from %s", len(adopted), len(untrained),
                  ", ".join(map(str, sources)))
     return adopted
+
+
+RUNNER_SETTINGS = ("device", "num_threads")
+"""``train`` values a job's runner picks per process, not part of the model a run trains."""
+
+
+def same_model(job: Job, cfg: Config, data: Path, lm_sha256: str, source: Path) -> bool:
+    """Whether the finished run in ``source`` trained the model ``job`` would train: same method and data, and its
+    job's settings applied to its comparison's config (``config.yaml`` of the comparison, or of the sweep above a
+    point) give the training settings ``job.settings`` give applied to ``cfg`` (less ``RUNNER_SETTINGS``), whatever
+    the recipe files or the budget rule. Its key must also be one this code gives its config and settings with
+    this comparison's LM: so it trained under the current ``KEY_VERSION``, and, when its method trains with the
+    LM, with this LM (and the decoding grid is compared too)."""
+    spec, record = read_json(source / "job.json"), read_json(source / "record.json")
+    if not (spec and record and (source / "best.pt").is_file() and record.get("key") == spec.get("key")):
+        return False
+    method = train_method(job.method)
+    if spec.get("method") != job.method or Path(spec.get("data", "")).resolve() != data.resolve():
+        return False
+    base = next((d / "config.yaml" for d in source.parents[1:4:2] if (d / "config.yaml").is_file()), None)
+    if base is None:
+        return False
+    try:
+        settings = spec["settings"]
+        # a sweep applies its point's settings (the leading ones) to the config before keying the rest
+        if not any(run_key(load_config(base, settings[:n]), data, job.method, settings[n:], spec["budget_rule"],
+                           lm_sha256) == spec["key"] for n in range(len(settings) + 1)):
+            return False
+        theirs = load_config(base, settings)
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return False
+    ours = config_from_dict(apply_overrides(to_dict(cfg), job.settings))
+
+    def model(c: Config) -> dict:
+        settings = training_settings(c, method)
+        train = {k: v for k, v in settings.pop("train", {}).items() if k not in RUNNER_SETTINGS}
+        decode = [c.decode.beam_size, list(c.decode.lm_weights), list(c.decode.word_scores)]
+        return {**settings, "train": train, "decode": decode if uses_lm(c, method) else None}
+
+    return model(theirs) == model(ours)
 
 
 def _copy_run(source: Path, dest: Path, record: dict) -> None:
