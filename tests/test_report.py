@@ -460,6 +460,16 @@ def test_claims_not_measured(tmp_path, monkeypatch, report):
                                                 "bljust-no-explore)")
     assert claims[("4 N3", "test CER")][1].startswith("not measured (needs runs of BL-JUST, N3 = 0")
     assert ("4 γ", "test CER") not in claims  # not one of the papers' claims: only when it ran
+    # BL-JUST without exploration is its own N1 = 0 ablation: the report says so instead of asking for the run
+    out = _out_dir(tmp_path / "n1", methods=("ptft", "bljust"))
+    results = json.loads((out / "results.json").read_text())
+    for run in results["runs"]:
+        if run["method"] == "bljust":
+            run["settings"] += ["bljust.explore_steps=0", "bljust.first_explore_steps=0"]
+    (out / "results.json").write_text(json.dumps(results))
+    assert _claims(write_report(out)["markdown"].read_text())[("4 N1", "test CER")][1] == (
+        "not measured (BL-JUST itself ran without exploration, N1 = 0, so it is its own N1 = 0 ablation; the claim "
+        "needs a BL-JUST with exploration steps)")
     for key, rates in CLAIM_RATES.items():
         monkeypatch.setitem(RATES, key, rates)
     out = _out_dir(tmp_path / "a", methods=("supervised", "bljust"), heldout=False)
