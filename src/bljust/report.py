@@ -654,14 +654,13 @@ def _claims(inp: Inputs) -> list[tuple]:
                  ("bljust-no-finetune", "4. removing the final fine-tuning (N3 = 0) hurts")]
     if "bljust-const-gamma" in s:  # not one of the papers' claims: shown when it ran
         ablations.append(("bljust-const-gamma", "(ours) a constant γ instead of the ramp hurts"))
-    rows += [[claim, KEY_NAMES[k], *_lower(s, ["bljust", m], k)] for m, claim in ablations for k in keys]
-    if "bljust-no-explore" not in s and inp.runs.get("bljust") and all(
-            {"bljust.explore_steps=0", "bljust.first_explore_steps=0"} <= set(r.get("settings", []))
-            for r in inp.runs["bljust"]):
-        for row in rows:  # a run of bljust-no-explore would have trained BL-JUST's own runs again
-            if row[0].startswith("4. removing exploration"):
-                row[3] = ("not measured (BL-JUST itself ran without exploration, N1 = 0, so it is its own N1 = 0 "
-                          "ablation; the claim needs a BL-JUST with exploration steps)")
+    # BL-JUST that already ran with N1 = 0 is its own N1 = 0 ablation: bljust-no-explore would retrain it
+    own_n1 = "bljust-no-explore" not in s and inp.runs.get("bljust") and all(
+        set(ABLATIONS["bljust-no-explore"]) <= set(r.get("settings", [])) for r in inp.runs["bljust"])
+    own = ("not measured (BL-JUST itself ran without exploration, N1 = 0, so it is its own N1 = 0 ablation; the "
+           "claim needs a BL-JUST with exploration steps)")
+    rows += [[claim, KEY_NAMES[k], *((_lower(s, ["bljust", m], k)[0], own) if own_n1 and m == "bljust-no-explore"
+                                     else _lower(s, ["bljust", m], k))] for m, claim in ablations for k in keys]
     return [("h", 2, "The papers' claims"),
             ("p", ("Rule for claims 1 and 4: one method beats another when its mean error over seeds is lower by more "
                    "than the larger of the two sample standard deviations (points of the rate), so each needs two or "

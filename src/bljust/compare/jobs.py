@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bljust.checkpoint import atomic_write_text
 from bljust.compare.budget import TOPLINE, method_settings, stream_batches, train_method
-from bljust.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, to_dict
+from bljust.config import Config, apply_overrides, config_from_dict, load_config, to_dict
 from bljust.methods import METHOD_SECTIONS
 
 log = logging.getLogger("bljust.compare")
@@ -290,7 +290,7 @@ def same_model(job: Job, cfg: Config, data: Path, lm_sha256: str, source: Path) 
                            lm_sha256) == spec["key"] for n in range(len(settings) + 1)):
             return False
         theirs = load_config(base, settings)
-    except (ConfigError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):  # ConfigError is a ValueError
         return False
     ours = config_from_dict(apply_overrides(to_dict(cfg), job.settings))
 
