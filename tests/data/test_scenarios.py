@@ -19,7 +19,8 @@ from bljust.data import synth
 from bljust.data.grammar import command_sentences, number_words, ordinal_words
 from bljust.data.manifests import OPTIONAL_SPLITS, SPLITS, cut_speaker, cut_text, has_split, load_split
 from bljust.data.scenarios import SCENARIOS, Scenario, resolve_scenario
-from bljust.data.synth import make_speakers, synthesize_corpus
+from bljust.data.synth import synthesize_corpus
+from bljust.data.voices import EVAL_SPEAKERS, FAMILIES, make_speakers
 from bljust.data.text import normalize_transcript
 from tests.data.test_synth import _manifest_rows, _utterance_table
 
@@ -136,8 +137,8 @@ def test_test_unseen_speakers_leave_the_others_unchanged():
     plain, extra = make_speakers(0), make_speakers(0, test_unseen=True)
     assert "test_unseen" not in plain
     assert {k: v for k, v in extra.items() if k != "test_unseen"} == plain
-    assert len(extra["test_unseen"]) == synth.EVAL_SPEAKERS
-    assert {s.family for s in extra["test_unseen"]} == set(synth.FAMILIES)
+    assert len(extra["test_unseen"]) == EVAL_SPEAKERS
+    assert {s.family for s in extra["test_unseen"]} == set(FAMILIES)
     others = {s.id for split, spks in extra.items() if split != "test_unseen" for s in spks}
     assert not others & {s.id for s in extra["test_unseen"]}
 
@@ -230,7 +231,7 @@ def test_in_domain_summary(in_domain):
     assert part["budget_minutes"] == 2.0 and part["seconds"] >= 120.0
     assert unl["budget_minutes"] == pytest.approx(2.5)
     assert unl["seconds"] - part["seconds"] >= 30.0  # the 40 unlabeled voices still have their own 0.5 min
-    assert part["speakers"] == 2 * synth.EVAL_SPEAKERS
+    assert part["speakers"] == 2 * EVAL_SPEAKERS
     assert summary["splits"]["test_unseen"]["seconds"] >= 18.0
     assert summary["wall_seconds"] > 0 and summary["cpu_seconds"] > 0
     text = synth.format_summary(summary)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bljust.data import synth
+from bljust.data import synth, voices
 from bljust.data.manifests import SAMPLE_RATE, SPLITS, cut_group, cut_speaker, cut_text, load_split
-from bljust.data.synth import FAMILIES, format_summary, make_speakers, synthesize_corpus
+from bljust.data.synth import format_summary, synthesize_corpus
+from bljust.data.voices import FAMILIES
 from bljust.data.text import normalize_transcript
 
 TINY = dict(labeled_minutes=0.3, unlabeled_minutes=0.5, dev_minutes=0.2, test_minutes=0.2)
@@ -198,35 +199,20 @@ def test_other_seed_differs(corpus, corpus_other_seed):
     assert _manifest_rows(a) != _manifest_rows(c)
 
 
-def test_speaker_pool():
-    pool = make_speakers(seed=0, labeled_speakers=4)
-    assert [len(pool[s]) for s in SPLITS] == [4, synth.UNLABELED_SPEAKERS, synth.EVAL_SPEAKERS, synth.EVAL_SPEAKERS]
-    ids = [spk.id for s in SPLITS for spk in pool[s]]
-    assert len(ids) == len(set(ids))
-    for split in SPLITS:
-        families = Counter(spk.family for spk in pool[split])
-        assert set(families) == set(FAMILIES), split
-    assert len({spk.family for spk in pool["labeled"][:3]}) == 3  # the few labeled speakers mix families
-    # Every espeak speaker is a distinct accent x variant.
-    espeak = [spk.voice for s in SPLITS for spk in pool[s] if spk.family == "espeak"]
-    assert len(espeak) == len(set(espeak))
-    assert make_speakers(seed=0) == pool and make_speakers(seed=1) != pool
-
-
 def test_failed_sentences_are_retried_then_skipped(tmp_path, monkeypatch, caplog):
     """jobs=1 runs in this process, so the patched engine is the one used."""
     calls: Counter[str] = Counter()
-    real_flite = synth._flite_wav
+    real_flite = voices._flite_wav
 
     def flaky_flite(spk, utt):
         calls[utt.id] += 1
         if utt.id.endswith("-00001"):
-            raise synth.SynthError("simulated crash")      # always: skipped
+            raise voices.SynthError("simulated crash")      # always: skipped
         if calls[utt.id] == 1:
-            raise synth.SynthError("simulated hiccup")     # once: the retry succeeds
+            raise voices.SynthError("simulated hiccup")     # once: the retry succeeds
         return real_flite(spk, utt)
 
-    monkeypatch.setattr(synth, "_flite_wav", flaky_flite)
+    monkeypatch.setattr(voices, "_flite_wav", flaky_flite)
     caplog.set_level(logging.WARNING, logger="bljust.synth")
     summary = synthesize_corpus(tmp_path, labeled_minutes=0.4, unlabeled_minutes=0.05, dev_minutes=0.05,
                                 test_minutes=0.05, jobs=1, progress=False)
@@ -241,17 +227,8 @@ def test_failed_sentences_are_retried_then_skipped(tmp_path, monkeypatch, caplog
     assert summary["splits"]["labeled"]["families"]["flite"]["utterances"] > 0
 
 
-def test_engine_failure_does_not_raise():
-    spk = make_speakers(0)["dev"][0]
-    bad = synth.Speaker(**{**spk.__dict__, "voice": "xx-no-such-voice"})
-    utt = synth.Utterance(id="u1", split="dev", speaker=bad.id, text="Hello there, said she.", words=4,
-                          tempo=1.0, pitch=0.0, snr_db=20.0, noise_seed=1, path="/nonexistent/u1.flac")
-    [(utt_id, samples, reason)] = synth._synthesize_task([(bad, utt)])
-    assert utt_id == "u1" and samples is None and reason
-
-
 def test_missing_engine_binary_names_apt_get(monkeypatch, tmp_path):
-    real_which = synth.shutil.which
-    monkeypatch.setattr(synth.shutil, "which", lambda b: None if b == "festival" else real_which(b))
+    real_which = voices.shutil.which
+    monkeypatch.setattr(voices.shutil, "which", lambda b: None if b == "festival" else real_which(b))
     with pytest.raises(RuntimeError, match=r"festival.*apt-get install"):
         synthesize_corpus(tmp_path, **TINY, progress=False)
