@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Issue 14's benchmark on commands-l60s24, as RESULTS.md "The benchmark's plan" fixes it, resumable across
+# sessions and machines. Run from an empty or earlier work directory (default /work/exp):
+#   bash benchmarks/issue14/bench.sh [STAGE...]     stages: passes ablations labeled auto (default: all, in order)
+# Every run trains with one pinned commit (a git worktree at $CODE_COMMIT), so later commits cannot change the
+# code of runs still to come. A finished run's directory, without its model files (*.pt), is archived as
+# $ARCHIVE/<comparison>/{runs,probes}/<name>.tar.xz; a later session on a fresh machine restores the archives and compare
+# reuses those runs (a run is finished when its record.json carries its key), so only unfinished runs train.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=${WORK:-/work/exp}
+CODE_COMMIT=${CODE_COMMIT:-e9e6048}
+CODE=${CODE:-/work/bench-code}
+ARCHIVE=${ARCHIVE:-$REPO/benchmarks/issue14/runs}
+PY=${PY:-$REPO/.venv/bin/python}
+DATA=data/commands-l60s24
+
+[ -d "$CODE/src" ] || git -C "$REPO" worktree add --detach "$CODE" "$CODE_COMMIT"
+[ "$(git -C "$CODE" rev-parse --short=7 HEAD)" = "${CODE_COMMIT:0:7}" ] || { echo "$CODE is not at $CODE_COMMIT" >&2; exit 1; }
+export PYTHONPATH=$CODE/src OMP_NUM_THREADS=1
+mkdir -p "$WORK" && cd "$WORK"
+bljust() { nice -n 5 "$PY" -m bljust "$@"; }
+
+if [ ! -f "$DATA/summary.json" ]; then  # deterministic per seed: the corpus the tuning runs trained on
+  bljust corpus synth "$DATA" --scenario commands --labeled-minutes 60 --labeled-speakers 24 \
+    --unlabeled-minutes 400 --seed 0 --jobs 2
+fi
+[ -f "$DATA/lm3.arpa" ] || bljust lm "$DATA/lm_text.txt" "$DATA/lm3.arpa" --order 3
+
+restore() {  # $1: comparison directory under runs/regime
+  local dir=runs/regime/$1 kind a name
+  for kind in runs probes; do
+    [ -d "$ARCHIVE/$1/$kind" ] || continue
+    mkdir -p "$dir/$kind"
+    for a in "$ARCHIVE/$1/$kind"/*.tar.xz; do
+      name=$(basename "$a" .tar.xz)
+      [ -f "$dir/$kind/$name/record.json" ] || tar -C "$dir/$kind" -xJf "$a"
+    done
+  done
+}
+archive() {  # $1: comparison directory; each finished run and probe once, without model files
+  local dir=runs/regime/$1 kind r name
+  for kind in runs probes; do
+    [ -d "$dir/$kind" ] || continue
+    mkdir -p "$ARCHIVE/$1/$kind"
+    for r in "$dir/$kind"/*/; do
+      name=$(basename "$r")
+      [ -f "$r/record.json" ] && [ ! -f "$ARCHIVE/$1/$kind/$name.tar.xz" ] || continue
+      tar -C "$dir/$kind" --exclude='*.pt' -cJf "$ARCHIVE/$1/$kind/$name.tar.xz.tmp" "$name"
+      mv "$ARCHIVE/$1/$kind/$name.tar.xz.tmp" "$ARCHIVE/$1/$kind/$name.tar.xz"
+    done
+  done
+}
+compare() {  # $1: comparison directory, then compare's options
+  local name=$1; shift
+  restore "$name"
+  bljust compare --data "$DATA" --out "runs/regime/$name" --config "$CODE/recipes/benchmark.yaml" --budget 4500 \
+    --jobs 2 --no-progress --set decode.lm="$DATA/lm3.arpa" "$@" || { archive "$name"; return 1; }
+  archive "$name"
+}
+
+METHODS=supervised,ptft,just,pl,bljust,topline
+stages=${*:-passes ablations labeled auto}
+for stage in $stages; do
+  case $stage in
+    passes)  # seed by seed, so that every seed's comparison (and its report) is complete before the next starts
+      for n in 1 2 3; do compare bench-passes --methods $METHODS --seeds $n; done ;;
+    ablations)
+      compare bench-passes --methods $METHODS,bljust-no-finetune,bljust-const-gamma --seeds 3 ;;
+    labeled)  # supervised, PL and the topline train the same model under both rules: copied, not retrained
+      restore bench-passes
+      for n in 1 2 3; do
+        compare bench-labeled --budget-rule labeled --reuse-from runs/regime/bench-passes \
+          --methods $METHODS,bljust-no-finetune,bljust-const-gamma --seeds $n
+      done ;;
+    auto)  # issue 16's automatic penalty (auto_ratio 0.5, cap γ_max), 3 seeds, against the tuned schedule
+      compare bench-auto --methods bljust --seeds 3 --set bljust.gamma_schedule=auto ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,78 @@
+"""Per-method means and seed spreads of one or more comparisons' results.json (issue 14's benchmark).
+
+    python benchmarks/issue14/summarize.py runs/regime/bench-passes [more comparison directories...]
+
+Prints, per comparison and method, mean ± sample std over all finished seeds and, beside it, over
+seeds 1 and 2 alone: seed 0 of the tuned methods is their tuning run, chosen on dev, so its dev numbers
+carry the choice's optimism. Numbers in %; train minutes as recorded (they depend on what else ran).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+COLUMNS = (  # (heading, path into a run record)
+    ("dev CER", ("dev", "cer")),
+    ("dev WER LM", ("dev", "lm", "wer")),
+    ("test CER", ("test", "cer")),
+    ("test WER LM", ("test", "lm", "wer")),
+    ("unseen CER", ("test_unseen", "cer")),
+    ("unseen WER LM", ("test_unseen", "lm", "wer")),
+    ("probe CER", ("probe", "cer")),
+)
+
+
+def value(run: dict, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(run, dict) or key not in run:
+            return None
+        run = run[key]
+    return 100 * run if isinstance(run, (int, float)) else None
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(results: dict) -> list[str]:
+    by_method: dict[str, list[dict]] = {}
+    for run in results["runs"]:
+        by_method.setdefault(run["method"], []).append(run)
+    head = ["method", "seeds", *(h for h, _ in COLUMNS), "dev CER s1-2", "test CER s1-2", "train min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, runs in by_method.items():
+        runs.sort(key=lambda r: r["seed"])
+        later = [r for r in runs if r["seed"] > 0]
+        cells = [method, ",".join(str(r["seed"]) for r in runs)]
+        cells += [spread([v for r in runs if (v := value(r, path)) is not None]) for _, path in COLUMNS]
+        cells += [spread([v for r in later if (v := value(r, path)) is not None])
+                  for path in (("dev", "cer"), ("test", "cer"))]
+        cells.append(spread([r["train_seconds"] / 60 for r in runs]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    for directory in argv:
+        path = Path(directory) / "results.json"
+        if not path.is_file():
+            print(f"{path}: no results.json (the comparison has not finished an invocation)", file=sys.stderr)
+            return 1
+        results = json.loads(path.read_text())
+        print(f"## {directory} ({results['runs'][0]['budget_rule'] if results['runs'] else '?'} rule)\n")
+        print("\n".join(table(results)), end="\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
