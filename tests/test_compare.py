@@ -3,9 +3,11 @@ reuse, re-scoring and resume; and the budget rules, run keys and scheduling on t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -203,6 +205,38 @@ def test_a_run_with_the_same_settings_is_adopted_whatever_the_recipe_file(passes
     assert jobs.same_model(job, cfg, tiny_corpus.resolve(), "", src / "runs" / "bljust-seed0")
     monkeypatch.setattr(jobs, "KEY_VERSION", jobs.KEY_VERSION + 1)
     assert not jobs.same_model(job, cfg, tiny_corpus.resolve(), "", src / "runs" / "bljust-seed0")
+
+
+def test_a_run_kept_without_its_model_files_is_adopted_when_nothing_needs_them(passes, tiny_corpus, tmp_path):
+    """A comparison archived without model files (benchmarks/issue14/bench.sh) still lends its runs to the other
+    rule: PL's run, evaluated with this comparison's decoding and with its probe beside it, is adopted without
+    best.pt; without its probe it is not (the probe would need the model). Supervised keeps its model: the
+    random-init probe reads the architecture from it."""
+    from bljust.compare import jobs
+
+    src, _ = passes
+    kept = tmp_path / "kept"
+    shutil.copytree(src, kept)
+    for model in (kept / "runs" / "pl-seed0").rglob("*.pt"):
+        model.unlink()
+    out = tmp_path / "labeled"
+    r = compare("--data", str(tiny_corpus), "--out", str(out), "--methods", "supervised,pl", "--seeds", "1", *ARGS,
+                "--budget-rule", "labeled", "--reuse-from", str(kept))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "compare: 2 of 2 run(s) not trained here adopted" in r.stderr
+    assert "pl-seed0: started" not in r.stderr and "probe-pl-seed0: started" not in r.stderr
+    pl = {run["method"]: run for run in json.loads((out / "results.json").read_text())["runs"]}["pl"]
+    [before] = [run for run in json.loads((src / "results.json").read_text())["runs"] if run["method"] == "pl"]
+    assert pl["test"] == before["test"] and pl["probe"] == before["probe"] and pl["budget_rule"] == "labeled"
+
+    cfg = load_config(out / "config.yaml")
+    [job] = plan_jobs(cfg, tiny_corpus, tmp_path / "x", ["pl"], [0], BUDGET, "labeled")
+    job = dataclasses.replace(job, decode_key=pl["decode_key"])
+    assert jobs._usable(job, kept / "runs" / "pl-seed0")
+    assert not jobs._usable(dataclasses.replace(job, decode_key="other"), kept / "runs" / "pl-seed0")
+    (kept / "probes" / "pl-seed0" / "record.json").unlink()
+    assert not jobs._usable(job, kept / "runs" / "pl-seed0")
+    assert jobs._usable(job, kept / "runs" / "supervised-seed0")  # a model file is always enough
 
 
 def test_runs_are_also_decoded_with_the_corpus_lm_tuned_on_dev(passes):

@@ -235,32 +235,53 @@ def adopt_runs(jobs: list[Job], cfg: Config, data: Path, lm, sources: list[Path]
     the benchmark's seed 0 run, and supervised, PL and the topline, which make the same steps under both budget
     rules, are the other rule's runs too (BL-JUST, PT+FT and JUST plan in the rule's unit, so theirs differ). The
     copy's record and job spec get this comparison's key and rule; its linear probe comes along when its key
-    matches. A run this comparison has started itself (checkpoints, or a record of its own) is never replaced."""
+    matches. A run kept without its model file is adopted only when nothing here needs it (``_usable``). A run
+    this comparison has started itself (checkpoints, or a record of its own) is never replaced."""
     missing = [str(d) for d in sources if not (d / "runs").is_dir()]
     if missing:
         raise FileNotFoundError(f"--reuse-from {', '.join(missing)}: not a comparison directory (no runs/ in it)")
     lm_sha = lm.sha256 if lm is not None else ""
-    adopted, untrained = [], [j for j in jobs if j.kind == "train" and not j.trained()]
+    adopted, untrained = [], [j for j in jobs if j.kind == "train" and not j.trained() and not j.finished()]
     for job in untrained:
         if (job.run_dir / "checkpoints").is_dir():
             continue
         candidates = (d / "runs" / job.run_dir.name for d in sources)
-        source = next((c for c in candidates if same_model(job, cfg, data, lm_sha, c)), None)
+        source = next((c for c in candidates if same_model(job, cfg, data, lm_sha, c) and _usable(job, c)), None)
         if source is None:
             continue
         record = read_json(source / "record.json")
         _copy_run(source, job.run_dir, {"key": job.key, "budget_rule": job.rule, "adopted_from": str(source)})
         if (source.parent / f"{job.name}.log").is_file():
             shutil.copyfile(source.parent / f"{job.name}.log", job.log_path)
-        probe = source.parent.parent / "probes" / job.run_dir.name
-        if (read_json(probe / "record.json") or {}).get("key") == run_probe_key(record["key"]):
-            _copy_run(probe, job.run_dir.parent.parent / "probes" / job.run_dir.name, {"key": run_probe_key(job.key)})
+        if _probe_of(source) is not None:
+            _copy_run(_probe_dir(source), job.run_dir.parent.parent / "probes" / job.run_dir.name,
+                      {"key": run_probe_key(job.key)})
         log.info("%s: the same model trained in %s (%s rule), adopted", job.name, source, record.get("budget_rule"))
         adopted.append(job)
     if untrained:
         log.info("compare: %d of %d run(s) not trained here adopted from %s", len(adopted), len(untrained),
                  ", ".join(map(str, sources)))
     return adopted
+
+
+def _probe_dir(run_dir: Path) -> Path:
+    return run_dir.parent.parent / "probes" / run_dir.name
+
+
+def _probe_of(source: Path) -> dict | None:
+    """The finished probe of the finished run in ``source``, if its comparison made one."""
+    record, probe = read_json(source / "record.json") or {}, read_json(_probe_dir(source) / "record.json") or {}
+    return probe if "key" in record and probe.get("key") == run_probe_key(record["key"]) else None
+
+
+def _usable(job: Job, source: Path) -> bool:
+    """Whether a copy of ``source`` is a finished run of ``job``: it has its model file, or it needs none (its
+    evaluation has ``job``'s decoding settings and its probe comes along). A run archived without its model
+    files (benchmarks/issue14/bench.sh) is adopted that way."""
+    if (source / "best.pt").is_file():
+        return True
+    return (read_json(source / "record.json") or {}).get("decode_key", "") == job.decode_key \
+        and _probe_of(source) is not None
 
 
 RUNNER_SETTINGS = ("device", "num_threads")
@@ -275,7 +296,7 @@ def same_model(job: Job, cfg: Config, data: Path, lm_sha256: str, source: Path) 
     this comparison's LM: so it trained under the current ``KEY_VERSION``, and, when its method trains with the
     LM, with this LM (and the decoding grid is compared too)."""
     spec, record = read_json(source / "job.json"), read_json(source / "record.json")
-    if not (spec and record and (source / "best.pt").is_file() and record.get("key") == spec.get("key")):
+    if not (spec and record and record.get("key") == spec.get("key")):
         return False
     method = train_method(job.method)
     if spec.get("method") != job.method or Path(spec.get("data", "")).resolve() != data.resolve():
