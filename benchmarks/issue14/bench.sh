@@ -2,30 +2,23 @@
 # Issue 14's benchmark on commands-l60s24, as RESULTS.md "The benchmark's plan" fixes it, resumable across
 # sessions and machines. Run from an empty or earlier work directory (default /work/exp):
 #   bash benchmarks/issue14/bench.sh [STAGE...]     stages: passes ablations labeled auto (default: all, in order)
+#   bash benchmarks/issue14/bench.sh archive        archive the finished runs now (before a session's stop)
 # Every run trains with one pinned commit (a git worktree at $CODE_COMMIT), so later commits cannot change the
-# code of runs still to come. A finished run's directory, without its model files (*.pt), is archived as
+# code of runs still to come (training code as at 0a98ffa, where the tuning ran; 691c1e4 lets --reuse-from adopt
+# an archived run). A finished run's directory, without its model files (*.pt), is archived as
 # $ARCHIVE/<comparison>/{runs,probes}/<name>.tar.xz; a later session on a fresh machine restores the archives and compare
 # reuses those runs (a run is finished when its record.json carries its key), so only unfinished runs train.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${WORK:-/work/exp}
-CODE_COMMIT=${CODE_COMMIT:-e9e6048}
+CODE_COMMIT=${CODE_COMMIT:-691c1e4}
 CODE=${CODE:-/work/bench-code}
 ARCHIVE=${ARCHIVE:-$REPO/benchmarks/issue14/runs}
 PY=${PY:-$REPO/.venv/bin/python}
 DATA=data/commands-l60s24
 
-[ -d "$CODE/src" ] || git -C "$REPO" worktree add --detach "$CODE" "$CODE_COMMIT"
-[ "$(git -C "$CODE" rev-parse --short=7 HEAD)" = "${CODE_COMMIT:0:7}" ] || { echo "$CODE is not at $CODE_COMMIT" >&2; exit 1; }
-export PYTHONPATH=$CODE/src OMP_NUM_THREADS=1
 mkdir -p "$WORK" && cd "$WORK"
 bljust() { nice -n 5 "$PY" -m bljust "$@"; }
-
-if [ ! -f "$DATA/summary.json" ]; then  # deterministic per seed: the corpus the tuning runs trained on
-  bljust corpus synth "$DATA" --scenario commands --labeled-minutes 60 --labeled-speakers 24 \
-    --unlabeled-minutes 400 --seed 0 --jobs 2
-fi
-[ -f "$DATA/lm3.arpa" ] || bljust lm "$DATA/lm_text.txt" "$DATA/lm3.arpa" --order 3
 
 restore() {  # $1: comparison directory under runs/regime
   local dir=runs/regime/$1 kind a name
@@ -39,14 +32,16 @@ restore() {  # $1: comparison directory under runs/regime
   done
 }
 archive() {  # $1: comparison directory; each finished run and probe once, without model files
-  local dir=runs/regime/$1 kind r name
+  local dir=runs/regime/$1 kind r name drop
   for kind in runs probes; do
     [ -d "$dir/$kind" ] || continue
     mkdir -p "$ARCHIVE/$1/$kind"
     for r in "$dir/$kind"/*/; do
       name=$(basename "$r")
       [ -f "$r/record.json" ] && [ ! -f "$ARCHIVE/$1/$kind/$name.tar.xz" ] || continue
-      tar -C "$dir/$kind" --exclude='*.pt' -cJf "$ARCHIVE/$1/$kind/$name.tar.xz.tmp" "$name"
+      # The labeled rule's random-init probe reads the architecture from supervised seed 0's model: keep it.
+      if [ "$1/$kind/$name" = bench-passes/runs/supervised-seed0 ]; then drop=checkpoints; else drop='*.pt'; fi
+      tar -C "$dir/$kind" --exclude="$drop" -cJf "$ARCHIVE/$1/$kind/$name.tar.xz.tmp" "$name"
       mv "$ARCHIVE/$1/$kind/$name.tar.xz.tmp" "$ARCHIVE/$1/$kind/$name.tar.xz"
     done
   done
@@ -58,6 +53,20 @@ compare() {  # $1: comparison directory, then compare's options
     --jobs 2 --no-progress --set decode.lm="$DATA/lm3.arpa" "$@" || { archive "$name"; return 1; }
   archive "$name"
 }
+
+if [ "${1:-}" = archive ]; then
+  for d in runs/regime/bench-*/; do [ -d "$d" ] && archive "$(basename "$d")"; done
+  exit 0
+fi
+if [ -d "$CODE/src" ]; then git -C "$CODE" checkout -q --detach "$CODE_COMMIT"  # nothing of ours runs yet
+else git -C "$REPO" worktree add --detach "$CODE" "$CODE_COMMIT"; fi
+[ "$(git -C "$CODE" rev-parse --short=7 HEAD)" = "${CODE_COMMIT:0:7}" ] || { echo "$CODE is not at $CODE_COMMIT" >&2; exit 1; }
+export PYTHONPATH=$CODE/src OMP_NUM_THREADS=1
+if [ ! -f "$DATA/summary.json" ]; then  # deterministic per seed: the corpus the tuning runs trained on
+  bljust corpus synth "$DATA" --scenario commands --labeled-minutes 60 --labeled-speakers 24 \
+    --unlabeled-minutes 400 --seed 0 --jobs 2
+fi
+[ -f "$DATA/lm3.arpa" ] || bljust lm "$DATA/lm_text.txt" "$DATA/lm3.arpa" --order 3
 
 METHODS=supervised,ptft,just,pl,bljust,topline
 stages=${*:-passes ablations labeled auto}
