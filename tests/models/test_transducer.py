@@ -109,8 +109,9 @@ def test_loss_of_the_head_matches_the_brute_force_through_predictor_and_joiner()
 
 @pytest.mark.parametrize("predictor", ["stateless", "lstm"])
 def test_bf16_autocast_trains_in_float32(predictor):
-    """Under bf16 autocast the predictor and joiner run in bf16 but the loss (and its recursion) is float32 and
-    close to the float32 one; both decoders run there too."""
+    """Under bf16 autocast the joiner (and the stateless predictor) run in bf16, the LSTM predictor in float32 (CPUs
+    without AVX512 have no bf16 LSTM), and the loss (and its recursion) is float32 and close to the float32 one;
+    both decoders run there too."""
     model = head(predictor)
     hidden, lens, targets = inputs()
     exact = model.loss_sum(hidden, lens, targets)

@@ -63,16 +63,21 @@ class LstmPredictor(nn.Module):
         self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.lstm = nn.LSTM(dim, dim, batch_first=True)
 
+    # The LSTM runs in float32 outside autocast, as the cnn_lstm encoder's does: oneDNN has no bf16 LSTM on CPUs
+    # without AVX512 (forced bf16 failed there), and over U + 1 units it costs little.
     def forward(self, units: Tensor) -> Tensor:
-        return self.lstm(self.embedding(units))[0]
+        with torch.autocast(device_type=units.device.type, enabled=False):
+            return self.lstm(self.embedding(units).to(self.lstm.weight_ih_l0.dtype))[0]
 
     def init_state(self, n: int, device: torch.device) -> State:
         zeros = torch.zeros(n, 1, self.lstm.hidden_size, device=device)
         return zeros, zeros.clone()
 
     def step(self, units: Tensor, state: State) -> tuple[Tensor, State]:
-        h, c = (s.transpose(0, 1).contiguous() for s in state)  # nn.LSTM keeps layers first
-        out, (h, c) = self.lstm(self.embedding(units)[:, None], (h, c))
+        dtype = self.lstm.weight_ih_l0.dtype
+        h, c = (s.transpose(0, 1).to(dtype).contiguous() for s in state)  # nn.LSTM keeps layers first
+        with torch.autocast(device_type=units.device.type, enabled=False):
+            out, (h, c) = self.lstm(self.embedding(units).to(dtype)[:, None], (h, c))
         return out[:, 0], (h.transpose(0, 1), c.transpose(0, 1))
 
 
