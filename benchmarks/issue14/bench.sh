@@ -46,11 +46,13 @@ archive() {  # $1: comparison directory; each finished run and probe once, witho
     done
   done
 }
+# float32 on every machine: train.amp's default resolves to bf16 on CPUs with native bf16 and to float32 elsewhere,
+# and a run resumed by a session on another machine type must not change precision midway.
 compare() {  # $1: comparison directory, then compare's options
   local name=$1; shift
   restore "$name"
   bljust compare --data "$DATA" --out "runs/regime/$name" --config "$CODE/recipes/benchmark.yaml" --budget 4500 \
-    --jobs 2 --no-progress --set decode.lm="$DATA/lm3.arpa" "$@" || { archive "$name"; return 1; }
+    --jobs 2 --no-progress --set decode.lm="$DATA/lm3.arpa" --set train.amp=false "$@" || { archive "$name"; return 1; }
   archive "$name"
 }
 
