@@ -106,37 +106,40 @@ def test_bad_config_is_a_clear_error(tmp_path, tiny_corpus):
 
 
 def test_demo_with_tiny_recipe(tmp_path, tiny_corpus):
-    """The demo runs compare: all five methods and the topline (the corpus has unlabeled_text), the headline
-    table and the report (tests/test_compare.py runs compare itself under both budget rules; the demo takes the
-    option too)."""
+    """The demo runs compare: its four methods (JUST and the topline only when named), the headline table and the
+    report (tests/test_compare.py runs compare itself under both budget rules; the demo takes the option too)."""
     r = run("demo", "--data", str(tiny_corpus), "--out", str(tmp_path / "demo"), "--config", str(TINY),
             "--budget", "4", "--budget-rule", "labeled", "--no-progress")
     assert "budget: 4 labeled updates per run (labeled rule)" in r.stdout
-    for name in ("supervised", "PT+FT", "JUST", "PL", "BL-JUST"):
+    for name in ("supervised", "PT+FT", "PL", "BL-JUST"):
         assert f"| {name} | 1 |" in r.stdout
+    assert "| JUST | 1 |" not in r.stdout
     assert (tmp_path / "demo" / "report.html").is_file()
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert {r["method"] for r in results["runs"]} == {"supervised", "ptft", "just", "pl", "bljust", "topline"}
+    assert {r["method"] for r in results["runs"]} == {"supervised", "ptft", "pl", "bljust"}
     assert results["failed"] == [] and results["budget"]["budget_rule"] == "labeled"
     # The fixture is an unseen corpus, not the demo scenario's: the demo runs on it and says so.
     assert "scenario unseen, not demo" in r.stderr
 
 
 def test_demo_runs_the_recipe_of_its_scenario(tmp_path, tiny_corpus, monkeypatch):
-    """--scenario benchmark runs recipes/benchmark.yaml (the method benchmark); a scenario without a recipe of its own
-    runs the demo's; --config wins over both. compare itself is replaced: only the choice is under test."""
+    """--scenario benchmark runs recipes/benchmark.yaml (the method benchmark) with every method; a scenario without
+    a recipe of its own runs the demo's with the demo's four methods; --config and --methods win. compare itself is
+    replaced: only the choice is under test."""
     import bljust.compare
-    from bljust.cli import main
+    from bljust.cli import DEMO_METHODS, main
 
     calls = []
-    monkeypatch.setattr(bljust.compare, "compare",
-                        lambda data, out, config, **kw: calls.append((data, out, config)) or {"runs": [], "failed": []})
+    monkeypatch.setattr(bljust.compare, "compare", lambda data, out, config, **kw: calls.append(
+        (config, kw["methods"])) or {"runs": [], "failed": []})
     for scenario in ("benchmark", "demo", "unseen"):
         assert main(["demo", "--scenario", scenario, "--data", str(tiny_corpus), "--out", str(tmp_path)]) == 0
     assert main(["demo", "--scenario", "benchmark", "--data", str(tiny_corpus), "--out", str(tmp_path),
                  "--config", str(TINY)]) == 0
-    assert [c[2] for c in calls] == [REPO / "recipes" / "benchmark.yaml", REPO / "recipes" / "demo.yaml",
-                                     REPO / "recipes" / "demo.yaml", str(TINY)]
+    assert main(["demo", "--data", str(tiny_corpus), "--out", str(tmp_path), "--methods", "just,topline"]) == 0
+    assert calls == [(REPO / "recipes" / "benchmark.yaml", None), (REPO / "recipes" / "demo.yaml", DEMO_METHODS),
+                     (REPO / "recipes" / "demo.yaml", DEMO_METHODS), (str(TINY), None),
+                     (REPO / "recipes" / "demo.yaml", ["just", "topline"])]
 
 
 def test_demo_names_a_corpus_summary_it_cannot_read(tmp_path, tiny_corpus):

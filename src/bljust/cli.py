@@ -20,6 +20,12 @@ def _setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+DEMO_METHODS = ["supervised", "ptft", "pl", "bljust"]
+"""What ``bljust demo`` runs with the demo recipe unless ``--methods`` says otherwise: the bar (supervised), the
+two-stage baseline and the strongest one, and BL-JUST. Six runs (JUST and the topline too) took 41 minutes on a
+2-core CPU without bf16 (benchmarks/RESULTS.md); ``--scenario benchmark`` runs them all."""
+
+
 def _recipe(name: str) -> Path:
     path = REPO_RECIPES / name
     if not path.is_file():
@@ -321,7 +327,10 @@ def cmd_demo(args) -> int:
                         "give another --data, to make the %s corpus)", data, made_as, args.scenario, args.scenario)
     # A scenario with a recipe of its own (benchmark) runs it; the rest run the demo's.
     recipe = f"{args.scenario}.yaml" if (REPO_RECIPES / f"{args.scenario}.yaml").is_file() else "demo.yaml"
-    results = compare(data, out, config=args.config or _recipe(recipe), **_compare_args(args))
+    kwargs = _compare_args(args)
+    if kwargs["methods"] is None and recipe == "demo.yaml":
+        kwargs["methods"] = DEMO_METHODS
+    results = compare(data, out, config=args.config or _recipe(recipe), **kwargs)
     return _print_results(results, out)
 
 
@@ -556,8 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "else recipes/demo.yaml")
             c.add_argument("--corpus-seed", type=int, default=0, help="seed of the generated corpus")
             c.add_argument("--synth-jobs", type=int, default=2, help="parallel synthesis processes")
-        c.add_argument("--methods", help=f"comma-separated (default: all: {','.join(METHOD_NAMES)}, and topline when "
-                                         f"the corpus has unlabeled_text); BL-JUST's ablations only when named: "
+        default = (f"all: {','.join(METHOD_NAMES)}, and topline when the corpus has unlabeled_text" if name == "compare"
+                   else f"{','.join(DEMO_METHODS)}; with --scenario benchmark all: {','.join(METHOD_NAMES)}, and "
+                        f"topline")
+        c.add_argument("--methods", help=f"comma-separated (default {default}); BL-JUST's ablations only when named: "
                                          f"{','.join(ABLATIONS)}")
         c.add_argument("--seeds", type=int, default=1, help="train seeds 0..N-1 of every method (default 1)")
         c.add_argument("--budget", type=int, help="per run: batch passes (--budget-rule passes) or supervised updates "
