@@ -207,7 +207,7 @@ def plan_probes(jobs: list[Job], out: Path) -> list[Job]:
     probes = []
     for j in finished:
         settings = dataclasses.asdict(cfg)
-        probes.append(Job(j.method, j.seed, out / "probes" / j.run_dir.name, [], cfg.steps, j.budget,
+        probes.append(Job(j.method, j.seed, _probe_dir(j.run_dir), [], cfg.steps, j.budget,
                           run_probe_key(j.key), rule=j.rule, kind="probe", source=j.run_dir, probe=settings))
     base = sorted((j for j in finished if j.method != TOPLINE), key=lambda j: j.method != "supervised")
     if base:
@@ -254,8 +254,7 @@ def adopt_runs(jobs: list[Job], cfg: Config, data: Path, lm, sources: list[Path]
         if (source.parent / f"{job.name}.log").is_file():
             shutil.copyfile(source.parent / f"{job.name}.log", job.log_path)
         if _probe_of(source) is not None:
-            _copy_run(_probe_dir(source), job.run_dir.parent.parent / "probes" / job.run_dir.name,
-                      {"key": run_probe_key(job.key)})
+            _copy_run(_probe_dir(source), _probe_dir(job.run_dir), {"key": run_probe_key(job.key)})
         log.info("%s: the same model trained in %s (%s rule), adopted", job.name, source, record.get("budget_rule"))
         adopted.append(job)
     if untrained:
@@ -265,6 +264,7 @@ def adopt_runs(jobs: list[Job], cfg: Config, data: Path, lm, sources: list[Path]
 
 
 def _probe_dir(run_dir: Path) -> Path:
+    """Where a comparison keeps the probe of its run ``run_dir`` (``plan_probes``)."""
     return run_dir.parent.parent / "probes" / run_dir.name
 
 
