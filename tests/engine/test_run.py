@@ -51,3 +51,27 @@ def test_compiled_blocks_compute_what_eager_ones_do_and_keep_their_names():
                  for o, m in zip(out, (eager, compiled))]
         for a, b in zip(*grads):
             torch.testing.assert_close(b, a)
+
+
+def test_a_run_resumed_in_another_precision_says_so(tiny_corpus, tmp_path, caplog):
+    """train.amp's default resolves per machine, so a run resumed on another machine type can change precision:
+    the checkpoint records it and the resumed run warns (simulated here by forcing bf16 on resume)."""
+    import logging
+
+    from bljust.checkpoint import load
+    from bljust.methods import METHODS
+
+    settings = ["train.checkpoint_every=2", "train.valid_every=2", "data.max_duration=10"]
+    out = tmp_path / "run"
+    METHODS["supervised"](load_config(TINY, [*settings, "train.max_steps=2", "train.amp=false"]), tiny_corpus, out)
+    assert load(out / "checkpoints" / "step-0000002.pt")["precision"] == "float32"
+    with caplog.at_level(logging.WARNING, logger="bljust"):
+        summary = METHODS["supervised"](load_config(TINY, [*settings, "train.max_steps=4", "train.amp_dtype=bf16"]),
+                                        tiny_corpus, out, resume=True)
+    assert "trained in float32 up to step 2; it goes on in bfloat16" in caplog.text
+    assert summary["steps"] == 4 and summary["precision"] == "bfloat16"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bljust"):  # the same precision again: nothing to say
+        METHODS["supervised"](load_config(TINY, [*settings, "train.max_steps=6", "train.amp_dtype=bf16"]),
+                              tiny_corpus, out, resume=True)
+    assert "goes on in" not in caplog.text

@@ -43,7 +43,7 @@ from bljust.engine.dist import (Dist, all_reduce_sum, any_rank, barrier, broadca
                                 pick_device, setup_distributed, shard, wrap_ddp)
 from bljust.engine.objectives import Objectives, f_objective, g_objective, make_features, step_generator
 from bljust.engine.optim import build_optimizer, clip_groups
-from bljust.engine.precision import autocast, grad_scaler
+from bljust.engine.precision import amp_dtype, autocast, grad_scaler
 from bljust.evaluate import decode_cuts, merge_decoded, score
 from bljust.models import count_parameters
 from bljust.models.asr import ASRModel
@@ -193,6 +193,14 @@ class Run:
         self.counters = Counters()
         self.method_state = state()
         self.scaler = grad_scaler(self.device, cfg.train.amp, cfg.train.amp_dtype)
+        # train.amp's default resolves per machine (bf16 where the CPU or GPU computes it natively): a run resumed
+        # on another machine type changes precision midway, which its numbers should not hide.
+        self.precision = str(amp_dtype(self.device, cfg.train.amp, cfg.train.amp_dtype) or torch.float32)[6:]
+        if self.ckpt is not None and self.ckpt.get("precision", self.precision) != self.precision:
+            log.warning("%s trained in %s up to step %d; it goes on in %s on this %s (train.amp=%s, "
+                        "train.amp_dtype=%s). Set train.amp and train.amp_dtype to pin the precision across machines",
+                        self.run_dir, self.ckpt["precision"], self.ckpt["counters"]["step"], self.precision,
+                        self.device.type, cfg.train.amp, cfg.train.amp_dtype)
         if self.ckpt is not None:
             self.model.load_state_dict(self.ckpt["model"])
             self.optimizer.load_state_dict(self.ckpt["optimizer"])
@@ -591,7 +599,8 @@ class Run:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "skipped_audio": self.skipped.state_dict(), "bad_batches": self.bad_batches,
                 "config": to_dict(self.cfg), "tokenizer": self.tokenizer.state_dict(),
-                "ssl_targets": self.ssl_targets.key if self.ssl_targets is not None else None})
+                "ssl_targets": self.ssl_targets.key if self.ssl_targets is not None else None,
+                "precision": self.precision})
         barrier(self.dist)
 
     def save_model(self, path: Path, dev: dict) -> None:
@@ -617,7 +626,7 @@ class Run:
             "skipped_audio": self.skipped.counts(), "skipped_audio_loads": self.skipped.hits,
             "dropped_utterances": dict(sorted(self.dropped.items())), "parameters": count_parameters(self.model),
             "inference_parameters": sum(p.numel() for n, p in self.model.named_parameters() if not n.startswith("ssl.")),
-            "train_seconds": c.train_seconds,
+            "train_seconds": c.train_seconds, "precision": self.precision,
             "labeled_hours_processed": c.labeled_seconds * w / 3600,
             "unlabeled_hours_processed": c.unlabeled_seconds * w / 3600,
             "labeled_passes": c.labeled_seconds * w / labeled_total,
