@@ -27,7 +27,8 @@ restore() {  # $1: comparison directory under runs/regime
     mkdir -p "$dir/$kind"
     for a in "$ARCHIVE/$1/$kind"/*.tar.xz; do
       name=$(basename "$a" .tar.xz)
-      [ -f "$dir/$kind/$name/record.json" ] || tar -C "$dir/$kind" -xJf "$a"
+      [ -f "$dir/$kind/$name/record.json" ] || tar -C "$dir/$kind" -xJf "$a" \
+        || { echo "bench.sh: cannot restore $a (corrupt? restore it from git or delete it to retrain that run)" >&2; exit 1; }
     done
   done
 }
