@@ -26,6 +26,7 @@ from bljust.compare.budget import (
 from bljust.compare.jobs import OPTIONAL_EVAL_SPLITS, plan_jobs, training_settings
 from bljust.compare.results import RUN_KEYS, SCHEMA, validate_results
 from bljust.config import load_config
+from bljust.engine.precision import native_bf16
 from bljust.lm import PreparedLM
 from bljust.methods import METHOD_NAMES
 from bljust.methods.bljust import make_plan, plan_cost
@@ -70,6 +71,7 @@ def test_every_method_runs_under_each_budget_rule(rule, request):
     validate_results(results)
     assert results["failed"] == [] and sorted(run["method"] for run in results["runs"]) == sorted(METHOD_NAMES)
     assert results["budget"]["budget_rule"] == rule and results["budget"]["value"] == BUDGET
+    assert results["machine"]["processor"].endswith(" bf16)")  # the CPU's model and whether it has native bf16
     runs = {run["method"]: run for run in results["runs"]}
     for run in runs.values():
         assert run["budget_rule"] == rule and run["budget"] == BUDGET
@@ -77,6 +79,7 @@ def test_every_method_runs_under_each_budget_rule(rule, request):
         assert (out / run["run_dir"] / "best.pt").is_file()
         assert set(run["test"]["groups"]) == {"espeak", "flite", "festival"}
         assert run["wall_seconds"] >= run["train_seconds"] > 0
+        assert run["precision"] == ("bfloat16" if native_bf16(torch.device("cpu")) else "float32")  # train.amp auto
         if rule == "passes":  # the same forward/backward batch passes, spent exactly
             assert run["batch_passes"] == BUDGET, run
         else:  # the same supervised updates; PL's pseudo-labeled batches are labeled ones
@@ -266,6 +269,7 @@ def test_new_decoding_settings_rescore_without_retraining(passes, tiny_corpus):
     after = json.loads((out / "results.json").read_text())
     for old, new in zip(before["runs"], after["runs"]):
         assert new["train_seconds"] == old["train_seconds"] and new["test"]["cer"] == old["test"]["cer"]
+        assert new["precision"] == old["precision"]
         assert [g["lm_weight"] for g in new["dev"]["lm"]["grid"]] == [1.0]
     # and back: the original settings re-score again, to the same numbers as the first time
     r = compare("--data", str(tiny_corpus), "--out", str(out), *ALL, *ARGS)

@@ -375,7 +375,7 @@ def run_job(spec_path: Path) -> int:
     old = read_json(run_dir / "record.json")
     if old is not None and old.get("key") == spec["key"] and (run_dir / "best.pt").is_file():
         log.info("%s: trained earlier; re-evaluating it with the new decoding settings", run_dir)
-        costs = {k: old[k] for k in COST_KEYS}
+        costs = {k: old[k] for k in COST_KEYS} | ({"precision": old["precision"]} if "precision" in old else {})
         code = old.get("code")  # the code that trained it (records before it was kept have none)
     else:
         resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +47,9 @@ training call with its validation, checkpoints and PL's decoding (of the invocat
 Optional: ``code`` (``code_version()`` of the code that trained the run: version, git commit, uncommitted changes;
 a re-evaluation keeps it), ``test_unseen``, ``dev_other`` and ``test_other`` (``OPTIONAL_EVAL_SPLITS``; each a dict as ``test``,
 its ``lm`` entry at dev's LM weight and word score) when the corpus has that split, ``probe`` (dict: the linear
-probe's dev ``cer`` and ``wer`` and its head's final train loss) once the run's probe finished."""
+probe's dev ``cer`` and ``wer`` and its head's final train loss) once the run's probe finished, ``precision`` (str:
+what ``train.amp`` resolved to where the run finished training, e.g. ``float32``, ``bfloat16``; runs trained before
+it was recorded have none)."""
 
 
 def probe_summary(record: dict) -> dict:
@@ -74,6 +77,7 @@ def run_costs(summary: dict, budget: int, wall_seconds: float, unlabeled_total_s
         "unlabeled_passes": unl_h * 3600 / unlabeled_total_seconds,
         "parameters": summary["parameters"], "inference_parameters": summary["inference_parameters"],
         "best_step": summary["best_step"],
+        **({"precision": summary["precision"]} if "precision" in summary else {}),
     }
 
 
@@ -122,10 +126,27 @@ def code_text(code: dict | None) -> str:
     return text
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; platform.processor() elsewhere, which on Linux says only
+    x86_64), and whether it computes bf16 natively (AVX512-BF16 or AMX), which sets train.amp's default."""
+    import torch
+
+    from bljust.engine.precision import native_bf16
+
+    name = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    name = name or platform.processor() or platform.machine()
+    return f"{name} ({'native' if native_bf16(torch.device('cpu')) else 'no native'} bf16)"
+
+
 def machine_info(parallel: int, devices: list[str], cores: int) -> dict:
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    return {"platform": platform.platform(), "processor": cpu_model(),
             "cpus": cores, "torch": torch.__version__, "device": devices[0].split(":")[0],
             "gpus": len(devices) if devices[0] != "cpu" else 0, "parallel_jobs": parallel,
             "threads_per_job": 1 if devices[0] != "cpu" else max(1, cores // parallel),

@@ -3,6 +3,7 @@ the linear probe, the health of g, the pseudo-labels, the voice families, the co
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -63,6 +64,15 @@ def _code(inp: Inputs) -> str:
     return code_text(here) + ("; runs trained by other code: " + "; ".join(others) if others else "")
 
 
+def _precision(inp: Inputs) -> str:
+    """What the runs trained in (train.amp resolves per machine): train minutes compare only within one."""
+    counts = Counter(r.get("precision", "not recorded") for m in inp.methods for r in inp.runs[m])
+    if len(counts) == 1:
+        return f"{next(iter(counts))} (every run)"
+    return (", ".join(f"{p}: {n} run{'s' * (n > 1)}" for p, n in sorted(counts.items()))
+            + " (train minutes compare only between runs of one precision)")
+
+
 def setup(inp: Inputs) -> list[tuple]:
     r = inp.results
     budget = r.get("budget") or {}
@@ -76,7 +86,7 @@ def setup(inp: Inputs) -> list[tuple]:
              ["methods", ", ".join(r.get("methods") or inp.methods)],
              ["seeds", ", ".join(str(s) for s in r.get("seeds", [])) or DASH], ["budget", budget_text],
              ["equal-budget rule", field(budget, "rule_text" if "rule_text" in budget else "rule")],
-             ["machine", machine], ["code", _code(inp)],
+             ["machine", machine], ["precision", _precision(inp)], ["code", _code(inp)],
              ["decoding", field(r, "decoding")], ["normalisation", field(r, "normalization")],
              ["checkpoint selection", field(r, "selection")]]
     corpus = [[split, num(c.get("hours"), ".2f"), field(c, "utterances"), field(c, "speakers")]
