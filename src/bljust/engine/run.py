@@ -195,7 +195,8 @@ class Run:
         self.scaler = grad_scaler(self.device, cfg.train.amp, cfg.train.amp_dtype)
         # train.amp's default resolves per machine (bf16 where the CPU or GPU computes it natively): a run resumed
         # on another machine type changes precision midway, which its numbers should not hide.
-        self.precision = str(amp_dtype(self.device, cfg.train.amp, cfg.train.amp_dtype) or torch.float32)[6:]
+        dtype = amp_dtype(self.device, cfg.train.amp, cfg.train.amp_dtype) or torch.float32
+        self.precision = str(dtype).removeprefix("torch.")
         if self.ckpt is not None and self.ckpt.get("precision", self.precision) != self.precision:
             log.warning("%s trained in %s up to step %d; it goes on in %s on this %s (train.amp=%s, "
                         "train.amp_dtype=%s). Set train.amp and train.amp_dtype to pin the precision across machines",
