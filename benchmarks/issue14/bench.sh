@@ -57,6 +57,13 @@ compare() {  # $1: comparison directory, then compare's options
   archive "$name"
 }
 
+# Runs of one comparison may train on several machines (a session's machine is not always the last one's), so each
+# start leaves a line naming its CPU; with the runs' train.log timestamps it tells which run trained where.
+if [ "${1:-}" != archive ]; then
+  cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+  grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo && bf16="native bf16" || bf16="no native bf16"
+  echo "$(date -u '+%F %T UTC') start: $cpu ($bf16), $(nproc) cores, stages: ${*:-all}" >> "$ARCHIVE/machines.log"
+fi
 if [ "${1:-}" = archive ]; then
   for d in runs/regime/bench-*/; do [ -d "$d" ] && archive "$(basename "$d")"; done
   exit 0
