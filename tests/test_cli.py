@@ -107,7 +107,7 @@ def test_bad_config_is_a_clear_error(tmp_path, tiny_corpus):
 
 def test_demo_with_tiny_recipe(tmp_path, tiny_corpus):
     """The demo runs compare: its four methods (JUST and the topline only when named), the headline table and the
-    report (tests/test_compare.py runs compare itself under both budget rules; the demo takes the option too)."""
+    report (tests/compare/test_compare.py runs compare itself under both budget rules; the demo takes the option too)."""
     r = run("demo", "--data", str(tiny_corpus), "--out", str(tmp_path / "demo"), "--config", str(TINY),
             "--budget", "4", "--budget-rule", "labeled", "--no-progress")
     assert "budget: 4 labeled updates per run (labeled rule)" in r.stdout
