@@ -6,7 +6,8 @@
 # Every run trains with one pinned commit (a git worktree at $CODE_COMMIT), so later commits cannot change the
 # code of runs still to come (training code as at 0a98ffa, where the tuning ran; 691c1e4 lets --reuse-from adopt
 # an archived run). A finished run's directory, without its model files (*.pt), is archived as
-# $ARCHIVE/<comparison>/{runs,probes}/<name>.tar.xz; a later session on a fresh machine restores the archives and compare
+# $ARCHIVE/<comparison>/{runs,probes}/<name>.tar.xz (a run whose linear probe has not run yet also keeps its best.pt as
+# models/<name>.pt until it has); a later session on a fresh machine restores the archives and compare
 # reuses those runs (a run is finished when its record.json carries its key), so only unfinished runs train.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -31,6 +32,11 @@ restore() {  # $1: comparison directory under runs/regime
         || { echo "bench.sh: cannot restore $a (corrupt? restore it from git or delete it to retrain that run)" >&2; exit 1; }
     done
   done
+  for a in "$ARCHIVE/$1"/models/*.pt; do  # the models kept for probes still to run
+    [ -f "$a" ] || continue
+    name=$(basename "$a" .pt)
+    [ -f "$dir/runs/$name/best.pt" ] || cp "$a" "$dir/runs/$name/best.pt"
+  done
 }
 archive() {  # $1: comparison directory; each finished run and probe once, without model files
   local dir=runs/regime/$1 kind r name drop
@@ -45,6 +51,16 @@ archive() {  # $1: comparison directory; each finished run and probe once, witho
       tar -C "$dir/$kind" --exclude="$drop" -cJf "$ARCHIVE/$1/$kind/$name.tar.xz.tmp" "$name"
       mv "$ARCHIVE/$1/$kind/$name.tar.xz.tmp" "$ARCHIVE/$1/$kind/$name.tar.xz"
     done
+  done
+  # The linear probes read the models and start only once every run of a compare has trained: a run archived
+  # before its probe finished keeps its best.pt under models/ until then (a session may stop in between).
+  for r in "$dir"/runs/*/; do
+    name=$(basename "$r")
+    if [ -f "$dir/probes/$name/record.json" ]; then rm -f "$ARCHIVE/$1/models/$name.pt"
+    elif [ -f "$r/record.json" ] && [ -f "$r/best.pt" ] && [ ! -f "$ARCHIVE/$1/models/$name.pt" ]; then
+      mkdir -p "$ARCHIVE/$1/models"
+      cp "$r/best.pt" "$ARCHIVE/$1/models/$name.pt.tmp" && mv "$ARCHIVE/$1/models/$name.pt.tmp" "$ARCHIVE/$1/models/$name.pt"
+    fi
   done
 }
 # float32 on every machine: train.amp's default resolves to bf16 on CPUs with native bf16 and to float32 elsewhere,

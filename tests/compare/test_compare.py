@@ -13,7 +13,7 @@ import torch
 
 from bljust.compare.budget import BUDGET_RULES, ptft_pretrain_steps
 from bljust.compare.jobs import OPTIONAL_EVAL_SPLITS, plan_jobs
-from bljust.compare.results import validate_results
+from bljust.compare.results import cpu_model, validate_results
 from bljust.config import load_config
 from bljust.engine.precision import native_bf16
 from bljust.methods import METHOD_NAMES
@@ -56,6 +56,7 @@ def test_every_method_runs_under_each_budget_rule(rule, request):
         assert set(run["test"]["groups"]) == {"espeak", "flite", "festival"}
         assert run["wall_seconds"] >= run["train_seconds"] > 0
         assert run["precision"] == ("bfloat16" if native_bf16(torch.device("cpu")) else "float32")  # train.amp auto
+        assert run["processor"] == cpu_model()
         if rule == "passes":  # the same forward/backward batch passes, spent exactly
             assert run["batch_passes"] == BUDGET, run
         else:  # the same supervised updates; PL's pseudo-labeled batches are labeled ones
@@ -238,6 +239,8 @@ def test_new_decoding_settings_rescore_without_retraining(passes, tiny_corpus):
     out, _ = passes
     before = json.loads((out / "results.json").read_text())
     best = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/best.pt")}
+    for path in (out / "runs").glob("*/record.json"):  # as if trained on another machine: a re-evaluation keeps it
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"processor": "a CPU elsewhere"}))
     r = compare("--data", str(tiny_corpus), "--out", str(out), *ALL, *ARGS, "--set", "decode.lm_weights=[1.0]")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("re-evaluating") == 5
@@ -245,7 +248,7 @@ def test_new_decoding_settings_rescore_without_retraining(passes, tiny_corpus):
     after = json.loads((out / "results.json").read_text())
     for old, new in zip(before["runs"], after["runs"]):
         assert new["train_seconds"] == old["train_seconds"] and new["test"]["cer"] == old["test"]["cer"]
-        assert new["precision"] == old["precision"]
+        assert new["precision"] == old["precision"] and new["processor"] == "a CPU elsewhere"
         assert [g["lm_weight"] for g in new["dev"]["lm"]["grid"]] == [1.0]
     # and back: the original settings re-score again, to the same numbers as the first time
     r = compare("--data", str(tiny_corpus), "--out", str(out), *ALL, *ARGS)

@@ -58,17 +58,22 @@ def test_title_and_cost_table_state_the_budget_rule(report):
     assert "| PT+FT | 40 | 60 | 100 | 10.5 | 12.2 | 100 |" in cost  # means over the two seeds
 
 
-def test_setup_states_what_precision_the_runs_trained_in(report, tmp_path):
+def test_setup_states_where_the_runs_trained(report, tmp_path):
     _, markdown, _ = report
-    assert "| precision | not recorded (every run) |" in markdown  # records from before it was kept
+    assert "| trained on | not recorded (every run) |" in markdown  # records from before it was kept
     out = comparison_dir(tmp_path)
     results = json.loads((out / "results.json").read_text())
     for run in results["runs"]:
+        run["precision"] = "float32"
+    (out / "results.json").write_text(json.dumps(results))
+    assert "| trained on | float32 (every run) |" in write_report(out)["markdown"].read_text()
+    for run in results["runs"]:  # PT+FT adopted from a bf16 machine
+        run["processor"] = "Xeon (native bf16)" if run["method"] == "ptft" else "EPYC (no native bf16)"
         run["precision"] = "bfloat16" if run["method"] == "ptft" else "float32"
     (out / "results.json").write_text(json.dumps(results))
     mixed = write_report(out)["markdown"].read_text()
-    assert ("| precision | bfloat16: 2 runs, float32: 2 runs (train minutes compare only between runs of one "
-            "precision) |") in mixed
+    assert ("| trained on | EPYC (no native bf16), float32: 2 runs; Xeon (native bf16), bfloat16: 2 runs (train "
+            "minutes compare only between runs trained on the same processor in the same precision) |") in mixed
 
 
 def test_unlabeled_batches_to_reach_ptft_g_heldout(report):

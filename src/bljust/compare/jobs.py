@@ -361,7 +361,8 @@ def run_job(spec_path: Path) -> int:
     """
     import torch
 
-    from bljust.compare.results import COST_KEYS, code_version, run_costs, unlabeled_seconds
+    from bljust.compare.results import (COST_KEYS, TRAINED_ON_KEYS, code_version, processor_name, run_costs,
+                                        unlabeled_seconds)
     from bljust.evaluate import evaluate_run
     from bljust.methods import METHODS
 
@@ -375,7 +376,7 @@ def run_job(spec_path: Path) -> int:
     old = read_json(run_dir / "record.json")
     if old is not None and old.get("key") == spec["key"] and (run_dir / "best.pt").is_file():
         log.info("%s: trained earlier; re-evaluating it with the new decoding settings", run_dir)
-        costs = {k: old[k] for k in COST_KEYS} | ({"precision": old["precision"]} if "precision" in old else {})
+        costs = {k: old[k] for k in COST_KEYS} | {k: old[k] for k in TRAINED_ON_KEYS if k in old}
         code = old.get("code")  # the code that trained it (records before it was kept have none)
     else:
         resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt"))
@@ -385,6 +386,7 @@ def run_job(spec_path: Path) -> int:
         started = time.time()
         summary = METHODS[train_method(spec["method"])](cfg, data, run_dir, resume=resume)
         costs = run_costs(summary, spec["budget"], time.time() - started, unlabeled_seconds(data))
+        costs["processor"] = processor_name(spec["device"])
     device = "cuda" if spec["device"].startswith("cuda") else "cpu"
     d = cfg.decode
     scores = evaluate_run(run_dir, data, tuple(spec.get("eval_splits", EVAL_SPLITS)), device, lm=spec.get("lm"),

@@ -37,6 +37,10 @@ COST_KEYS = ("steps", "budget", "batch_passes", "labeled_batches", "unlabeled_ba
              "parameters", "inference_parameters", "best_step")
 """A run record's training costs: kept when a run is only re-evaluated."""
 
+TRAINED_ON_KEYS = ("processor", "precision")
+"""Where a run trained, optional in a record (runs trained before they were recorded have none): kept when a run
+is only re-evaluated. Train minutes compare only between runs with the same values."""
+
 RUN_KEYS = {"method": str, "seed": int, "run_dir": str, "budget_rule": str, "settings": list, "steps": int,
             "budget": int, "batch_passes": int, "labeled_batches": int, "unlabeled_batches": int,
             "train_seconds": float, "wall_seconds": float, "audio_hours": float, "labeled_hours": float,
@@ -47,9 +51,9 @@ training call with its validation, checkpoints and PL's decoding (of the invocat
 Optional: ``code`` (``code_version()`` of the code that trained the run: version, git commit, uncommitted changes;
 a re-evaluation keeps it), ``test_unseen``, ``dev_other`` and ``test_other`` (``OPTIONAL_EVAL_SPLITS``; each a dict as ``test``,
 its ``lm`` entry at dev's LM weight and word score) when the corpus has that split, ``probe`` (dict: the linear
-probe's dev ``cer`` and ``wer`` and its head's final train loss) once the run's probe finished, ``precision`` (str:
-what ``train.amp`` resolved to where the run finished training, e.g. ``float32``, ``bfloat16``; runs trained before
-it was recorded have none)."""
+probe's dev ``cer`` and ``wer`` and its head's final train loss) once the run's probe finished, and
+``TRAINED_ON_KEYS``: ``processor`` (str: ``processor_name()`` of the device the run finished training on) and
+``precision`` (str: what ``train.amp`` resolved to there, e.g. ``float32``, ``bfloat16``)."""
 
 
 def probe_summary(record: dict) -> dict:
@@ -141,6 +145,16 @@ def cpu_model() -> str:
                 break
     name = name or platform.processor() or platform.machine()
     return f"{name} ({'native' if native_bf16(torch.device('cpu')) else 'no native'} bf16)"
+
+
+def processor_name(device: str) -> str:
+    """The processor a job trains on: ``cpu_model()``, or the GPU's name on CUDA (a job sees its one GPU as
+    cuda:0)."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return cpu_model()
 
 
 def machine_info(parallel: int, devices: list[str], cores: int) -> dict:

@@ -64,13 +64,17 @@ def _code(inp: Inputs) -> str:
     return code_text(here) + ("; runs trained by other code: " + "; ".join(others) if others else "")
 
 
-def _precision(inp: Inputs) -> str:
-    """What the runs trained in (train.amp resolves per machine): train minutes compare only within one."""
-    counts = Counter(r.get("precision", "not recorded") for m in inp.methods for r in inp.runs[m])
+def _trained_on(inp: Inputs) -> str:
+    """The processor and precision each run trained in (``TRAINED_ON_KEYS``; runs adopted from another machine or
+    resumed on one bring theirs): train minutes compare only between runs with the same."""
+    from bljust.compare.results import TRAINED_ON_KEYS
+
+    counts = Counter(", ".join(r[k] for k in TRAINED_ON_KEYS if r.get(k)) or "not recorded"
+                     for m in inp.methods for r in inp.runs[m])
     if len(counts) == 1:
         return f"{next(iter(counts))} (every run)"
-    return (", ".join(f"{p}: {n} run{'s' * (n > 1)}" for p, n in sorted(counts.items()))
-            + " (train minutes compare only between runs of one precision)")
+    return ("; ".join(f"{where}: {n} run{'s' * (n > 1)}" for where, n in sorted(counts.items()))
+            + " (train minutes compare only between runs trained on the same processor in the same precision)")
 
 
 def setup(inp: Inputs) -> list[tuple]:
@@ -86,7 +90,7 @@ def setup(inp: Inputs) -> list[tuple]:
              ["methods", ", ".join(r.get("methods") or inp.methods)],
              ["seeds", ", ".join(str(s) for s in r.get("seeds", [])) or DASH], ["budget", budget_text],
              ["equal-budget rule", field(budget, "rule_text" if "rule_text" in budget else "rule")],
-             ["machine", machine], ["precision", _precision(inp)], ["code", _code(inp)],
+             ["machine", machine], ["trained on", _trained_on(inp)], ["code", _code(inp)],
              ["decoding", field(r, "decoding")], ["normalisation", field(r, "normalization")],
              ["checkpoint selection", field(r, "selection")]]
     corpus = [[split, num(c.get("hours"), ".2f"), field(c, "utterances"), field(c, "speakers")]
