@@ -277,3 +277,19 @@ def test_when_supervised_does_best_the_verdict_states_its_gain_over_ptft(tmp_pat
     assert ("no semi-supervised method beat it on dev. Against PT+FT, the usual recipe: supervised's test WER − "
             f"PT+FT's: {_iv(turned)} points; the interval includes zero") in verdict
     assert "Compute: supervised trained for 1.00 × PT+FT's training seconds" in verdict
+
+
+def test_the_compute_ratio_is_a_median_so_one_paused_seed_does_not_decide_it(tmp_path, monkeypatch):
+    """Three seeds; PT+FT's seed 2 ran on a paused machine for 10 × the wall-clock seconds. The ratio reads the
+    median seed of each method, as a mean would put BL-JUST at a fraction of PT+FT's cost."""
+    out = _three_methods(tmp_path, monkeypatch)
+    results = json.loads((out / "results.json").read_text())
+    extra = [dict(r, seed=2, run_dir=r["run_dir"].replace("seed1", "seed2")) for r in results["runs"] if r["seed"] == 1]
+    for run in extra:
+        run["train_seconds"] = (600.0 + 60) * (10 if run["method"] == "ptft" else 1.5 if run["method"] == "bljust"
+                                               else 1)
+    results["runs"] += extra
+    (out / "results.json").write_text(json.dumps(results))
+    verdict = markdown_section(write_report(out)["markdown"].read_text(), "Verdict")
+    # medians: BL-JUST 1.5 × 660 s, PT+FT 660 s (its 6600 s seed is the outlier)
+    assert "Compute: BL-JUST trained for 1.50 × PT+FT's training seconds (16.5 against 11.0 min, medians" in verdict

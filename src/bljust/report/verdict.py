@@ -9,7 +9,7 @@ import statistics
 from bljust.compare.budget import ABLATIONS, TOPLINE
 from bljust.compare.significance import LEVEL, REFERENCES, Interval
 from bljust.report.numbers import (DASH, KEY_NAMES, Inputs, batch_passes_at, field, g_end, g_reach, g_threshold,
-                                   has_lm, heldout, label, num, pct, reach_ptft)
+                                   has_lm, heldout, label, num, pct, reach_ptft, run_value)
 
 SCORE_NAMES = {"test": "test", "test_lm": "test, with the LM"}
 """How the report names the hypotheses of results.json's significance scores."""
@@ -130,12 +130,20 @@ def _gain(inp: Inputs, best: str, ref: str, score: str) -> str:
 
 def _compute_ratio(inp: Inputs, best: str, ref: str) -> str:
     """What ``best``'s training cost in seconds against ``ref``'s: an equal budget of batches or updates is not an
-    equal bill when a method's passes cost more (or its budget rule lets it make more)."""
-    mine, theirs = (inp.summary[m]["train_seconds"]["mean"] for m in (best, ref))
+    equal bill when a method's passes cost more (or its budget rule lets it make more).
+
+    Medians over seeds, not means: a run's wall-clock seconds include whatever its machine did meanwhile (a paused
+    or shared machine, a session that trained it on another processor), and one such seed must not decide the
+    ratio."""
+    def median_seconds(method: str) -> float | None:
+        vals = [v for v in (run_value(r, "train_seconds") for r in inp.runs[method]) if v]
+        return statistics.median(vals) if vals else None
+
+    mine, theirs = median_seconds(best), median_seconds(ref)
     if not mine or not theirs:
         return f"Compute: training seconds not recorded for {label(best)} or {label(ref)}."
     return (f"Compute: {label(best)} trained for {mine / theirs:.2f} × {label(ref)}'s training seconds "
-            f"({mine / 60:.1f} against {theirs / 60:.1f} min, means over seeds; the training steps alone).")
+            f"({mine / 60:.1f} against {theirs / 60:.1f} min, medians over seeds; the training steps alone).")
 
 
 def verdict(inp: Inputs) -> list[tuple]:
