@@ -119,7 +119,7 @@ def test_without_bljust_or_groups_notes_replace_plots(tmp_path):
     markdown = write_report(out)["markdown"].read_text()
     assert "No BL-JUST run" in markdown and "no voice-family groups" in markdown
     assert not (out / "plots" / "bljust_gamma.png").exists() and not (out / "plots" / "groups.png").exists()
-    assert (out / "plots" / "bars.png").exists()
+    assert (out / "plots" / "bars.png").exists() and "![Test WER and CER per method](plots/bars.png)" in markdown
 
 
 def test_malformed_metrics_lines_are_skipped(tmp_path):

@@ -241,6 +241,7 @@ def test_with_the_lm_the_verdict_ranks_by_dev_wer_with_it(tmp_path, monkeypatch)
     assert ("PT+FT, the usual recipe, did best itself; against supervised training: PT+FT's test WER (LM) − "
             f"supervised's: {_iv(same['wer'])} points; the interval includes zero: no detectable difference") in verdict
     assert "| BL-JUST | PT+FT | test CER (LM) | 0, 1 |" in markdown_section(markdown, "Is the difference real?")
+    assert "![Test WER, WER (LM) and CER per method](plots/bars.png)" in markdown  # the WER the verdict ranks by
 
 
 def test_verdict_without_ptft_or_hypotheses(tmp_path, monkeypatch):

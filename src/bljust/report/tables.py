@@ -157,19 +157,24 @@ def errors(inp: Inputs) -> list[tuple]:
                         "score chosen per run on dev WER (each run's grid is in results.json); the others are "
                         "greedy CTC decoding." if has_lm(inp.summary, inp.methods) else ""))),
               ("table", *error_rows(inp.methods, inp.summary, with_relative=True))]
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(inp.methods) + 2), 4))
-    x, w = range(len(inp.methods)), 0.38
-    for i, (key, name) in enumerate((("test_wer", "test WER"), ("test_cer", "test CER"))):
+    # With an LM the verdict ranks by WER with it, so the figure shows that WER beside greedy decoding's.
+    keys = (("test_wer", "test WER"),) + ((("test_lm_wer", "test WER (LM)"),) if has_lm(inp.summary, inp.methods)
+                                          else ()) + (("test_cer", "test CER"),)
+    fig, ax = plt.subplots(figsize=(max(6, (1.4 + 0.4 * (len(keys) - 2)) * len(inp.methods) + 2), 4))
+    x, w = range(len(inp.methods)), 0.8 / len(keys)
+    for i, (key, name) in enumerate(keys):
         st = [inp.summary[m][key] for m in inp.methods]
-        bars = ax.bar([j + (i - 0.5) * w for j in x], [100 * (v["mean"] or 0) for v in st], w, label=name,
-                      yerr=[100 * (v["std"] or 0) for v in st], capsize=3, color=f"C{i}", alpha=.85)
+        bars = ax.bar([j + (i - (len(keys) - 1) / 2) * w for j in x], [100 * (v["mean"] or 0) for v in st], w,
+                      label=name, yerr=[100 * (v["std"] or 0) for v in st], capsize=3, color=f"C{i}", alpha=.85)
         ax.bar_label(bars, labels=[num(v["mean"], ".1f", 100) for v in st], fontsize=8, padding=2)
     ax.set_xticks(list(x), [label(m) for m in inp.methods])
     ax.set_ylabel("%")
     ax.set_title("Test error rates (mean over seeds, bars = ± std)")
     ax.set_ylim(top=1.2 * ax.get_ylim()[1])  # room for the legend above the value labels
-    ax.legend(ncol=2, loc="upper right")
-    return blocks + [("figure", save_figure(fig, inp.plots / "bars.png"), "Test WER and CER per method")]
+    ax.legend(ncol=len(keys), loc="upper right")
+    names = [name.removeprefix("test ") for _, name in keys]
+    caption = f"Test {', '.join(names[:-1])} and {names[-1]} per method"
+    return blocks + [("figure", save_figure(fig, inp.plots / "bars.png"), caption)]
 
 
 def label_gap(inp: Inputs) -> list[tuple]:
