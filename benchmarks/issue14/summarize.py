@@ -5,6 +5,10 @@
 Prints, per comparison and method, mean ± sample std over all finished seeds and, beside it, over
 seeds 1 and 2 alone: seed 0 of the tuned methods is their tuning run, chosen on dev, so its dev numbers
 carry the choice's optimism. Numbers in %; train minutes as recorded (they depend on what else ran).
+
+A second table gives dev CER at the same number of labeled batches (step for labeled step), read from each
+run's validation points in metrics.jsonl and linearly interpolated between the two around it; blank where a
+run's validation points do not reach that far.
 """
 
 from __future__ import annotations
@@ -59,6 +63,42 @@ def table(results: dict) -> list[str]:
     return lines
 
 
+LABELED_BATCHES = (500, 1000, 1500, 2000, 2250, 3000, 3600, 4500)
+
+
+def dev_cer_at(run_dir: Path, labeled: int) -> float | None:
+    """Dev CER (%) of a run after ``labeled`` labeled batches, interpolated between its validation points."""
+    points = []
+    metrics = run_dir / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a killed run's torn last line
+            continue
+        if row.get("kind") == "dev" and isinstance(row.get("cer"), float) and row.get("labeled_batches"):
+            points.append((row["labeled_batches"], 100 * row["cer"]))
+    points.sort()
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= labeled <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (labeled - x0) / (x1 - x0)
+    return points[-1][1] if points and points[-1][0] == labeled else None
+
+
+def matched(results: dict, directory: Path) -> list[str]:
+    head = ["method \\ labeled batches", *(f"{n:,}".replace(",", " ") for n in LABELED_BATCHES)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by_method: dict[str, list[dict]] = {}
+    for run in results["runs"]:
+        by_method.setdefault(run["method"], []).append(run)
+    for method, runs in by_method.items():
+        cells = [method]
+        for n in LABELED_BATCHES:
+            values = [v for r in runs if (v := dev_cer_at(directory / r["run_dir"], n)) is not None]
+            cells.append(spread(values) if len(values) == len(runs) else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -71,6 +111,8 @@ def main(argv: list[str]) -> int:
         results = json.loads(path.read_text())
         print(f"## {directory} ({results['runs'][0]['budget_rule'] if results['runs'] else '?'} rule)\n")
         print("\n".join(table(results)), end="\n\n")
+        print("Dev CER % at the same number of labeled batches (mean ± std over seeds):\n")
+        print("\n".join(matched(results, Path(directory))), end="\n\n")
     return 0
 
 
