@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14's benchmark on commands-l60s24, as RESULTS.md "The benchmark's plan" fixes it, resumable across
 # sessions and machines. Run from an empty or earlier work directory (default /work/exp):
-#   bash benchmarks/issue14/bench.sh [STAGE...]     stages: passes ablations labeled auto (default: all, in order)
+#   bash benchmarks/issue14/bench.sh [STAGE...]     stages: passes ablations labeled auto posthoc (default: all, in order)
 #   bash benchmarks/issue14/bench.sh archive        archive the finished runs now (before a session's stop)
 # Every run trains with one pinned commit (a git worktree at $CODE_COMMIT), so later commits cannot change the
 # code of runs still to come (training code as at 0a98ffa, where the tuning ran; 691c1e4 lets --reuse-from adopt
@@ -95,7 +95,7 @@ fi
 [ -f "$DATA/lm3.arpa" ] || bljust lm "$DATA/lm_text.txt" "$DATA/lm3.arpa" --order 3
 
 METHODS=supervised,ptft,just,pl,bljust,topline
-stages=${*:-passes ablations labeled auto}
+stages=${*:-passes ablations labeled auto posthoc}
 for stage in $stages; do
   case $stage in
     passes)  # seed by seed, so that every seed's comparison (and its report) is complete before the next starts
@@ -110,6 +110,9 @@ for stage in $stages; do
       done ;;
     auto)  # issue 16's automatic penalty (auto_ratio 0.5, cap γ_max), 3 seeds, against the tuned schedule
       compare bench-auto --methods bljust --seeds 3 --set bljust.gamma_schedule=auto ;;
+    posthoc)  # after the benchmark, and reported as post hoc (RESULTS.md, passes rule): BL-JUST's tuning grid left out
+      # bljust.lr_schedule. Judged on dev CER against the tuned BL-JUST's passes-rule seeds; test read only as post hoc.
+      compare bench-posthoc-global --methods bljust --seeds 3 --set bljust.lr_schedule=global ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
