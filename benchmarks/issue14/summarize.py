@@ -103,23 +103,23 @@ def gradient_quarters(rows: list[dict]) -> list[tuple[float, float]] | None:
             for part in (joint[:q], joint[q:2 * q], joint[2 * q:3 * q], joint[3 * q:])]
 
 
-def matched(runs_by_method: dict[str, list[dict]], rows: dict[int, list[dict]]) -> list[str]:
+def matched(runs_by_method: dict[str, list[dict]], rows: dict[str, list[dict]]) -> list[str]:
     head = ["method \\ labeled batches", *(f"{n:,}".replace(",", " ") for n in LABELED_BATCHES)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, runs in runs_by_method.items():
         cells = [method]
         for n in LABELED_BATCHES:
-            values = [v for r in runs if (v := dev_cer_at(rows[id(r)], n)) is not None]
+            values = [v for r in runs if (v := dev_cer_at(rows[r["run_dir"]], n)) is not None]
             cells.append(spread(values) if len(values) == len(runs) else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def gradients(runs_by_method: dict[str, list[dict]], rows: dict[int, list[dict]]) -> list[str]:
+def gradients(runs_by_method: dict[str, list[dict]], rows: dict[str, list[dict]]) -> list[str]:
     lines = ["| method | seed | cos(∇f, ∇g) by quarter | γ‖∇g‖ / ‖∇f‖ by quarter |", "|---|---|---|---|"]
     for method, runs in runs_by_method.items():
         for run in runs:
-            if (quarters := gradient_quarters(rows[id(run)])) is not None:
+            if (quarters := gradient_quarters(rows[run["run_dir"]])) is not None:
                 lines.append(f"| {method} | {run['seed']} | " + " / ".join(f"{c:.3f}" for c, _ in quarters)
                              + " | " + " / ".join(f"{w:.2f}" for _, w in quarters) + " |")
     return lines
@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
         results = json.loads(path.read_text())
         print(f"## {directory} ({results['runs'][0]['budget_rule'] if results['runs'] else '?'} rule)\n")
         runs = by_method(results)
-        rows = {id(r): metric_rows(Path(directory) / r["run_dir"]) for rs in runs.values() for r in rs}
+        rows = {r["run_dir"]: metric_rows(Path(directory) / r["run_dir"]) for rs in runs.values() for r in rs}
         print("\n".join(table(runs)), end="\n\n")
         print("Dev CER % at the same number of labeled batches (mean ± std over seeds):\n")
         print("\n".join(matched(runs, rows)), end="\n\n")
