@@ -226,7 +226,7 @@ def compare_run_dirs(straight: Path, killed: Path, total: int) -> dict:
     rest_a = {k: v for k, v in a.items() if k != "model"}
     rest_b = {k: v for k, v in b.items() if k != "model"}
     for r in (rest_a, rest_b):
-        r["counters"] = {k: v for k, v in r.get("counters", {}).items() if k != "train_seconds"}
+        r["counters"] = {k: v for k, v in r.get("counters", {}).items() if k not in ("train_seconds", "wall_seconds")}
     out["state_diffs"] = equal_nested(rest_a, rest_b, "checkpoint")
     try:
         ba, bb = load(straight / "best.pt"), load(killed / "best.pt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,9 +63,13 @@ def test_killed_run_resumes_exactly(case, tiny_corpus, tmp_path):
     base = ["train", "--method", method, "--data", str(tiny_corpus), "--out", str(tmp_path / "killed")]
     killed = _cli(*base, "--config", str(TINY), *sets, env={FAULT_ENV: str(die_after)})
     assert killed.returncode == 17, killed.stderr[-3000:]
+    last = max((tmp_path / "killed" / "checkpoints").glob("step-*.pt"))
+    first_wall = load(last)["counters"]["wall_seconds"]  # the killed process's part, up to its last checkpoint
     resumed = _cli(*base, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {die_after - die_after % 2}" in resumed.stderr
+    done = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert done["wall_seconds"] > first_wall > 0 and done["wall_seconds"] >= done["train_seconds"]
 
     name = f"step-{total:07d}.pt"
     a, b = load(tmp_path / "straight" / "checkpoints" / name), load(tmp_path / "killed" / "checkpoints" / name)
@@ -78,7 +83,7 @@ def test_killed_run_resumes_exactly(case, tiny_corpus, tmp_path):
         assert torch.equal(a["ema"][k], b["ema"][k]), k
     ca, cb = dict(a["counters"]), dict(b["counters"])
     for c in (ca, cb):
-        c.pop("train_seconds")
+        c.pop("train_seconds"), c.pop("wall_seconds")
     assert ca == cb
     records = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert sum('"kind": "train"' in r for r in records) == total  # each step logged once

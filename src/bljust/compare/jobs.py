@@ -385,7 +385,9 @@ def run_job(spec_path: Path) -> int:
         code = code_version()
         started = time.time()
         summary = METHODS[train_method(spec["method"])](cfg, data, run_dir, resume=resume)
-        costs = run_costs(summary, spec["budget"], time.time() - started, unlabeled_seconds(data))
+        # the summary's wall clock spans every process that trained the run, this one's only its last part
+        costs = run_costs(summary, spec["budget"], summary.get("wall_seconds", time.time() - started),
+                          unlabeled_seconds(data))
         costs["processor"] = processor_name(spec["device"])
     device = "cuda" if spec["device"].startswith("cuda") else "cpu"
     d = cfg.decode

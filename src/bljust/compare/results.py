@@ -47,7 +47,9 @@ RUN_KEYS = {"method": str, "seed": int, "run_dir": str, "budget_rule": str, "set
             "unlabeled_hours": float, "labeled_passes": float, "unlabeled_passes": float, "parameters": int,
             "inference_parameters": int, "best_step": int, "dev": dict, "test": dict}
 """Every run record's keys and types. ``train_seconds``: the training steps alone; ``wall_seconds``: the
-training call with its validation, checkpoints and PL's decoding (of the invocation that finished it).
+training with its validation, checkpoints and PL's decoding, summed over the processes that trained the run (a
+resumed run's parts up to their last checkpoints; records written before 2026-12-03 count only the process that
+finished the run).
 Optional: ``code`` (``code_version()`` of the code that trained the run: version, git commit, uncommitted changes;
 a re-evaluation keeps it), ``test_unseen``, ``dev_other`` and ``test_other`` (``OPTIONAL_EVAL_SPLITS``; each a dict as ``test``,
 its ``lm`` entry at dev's LM weight and word score) when the corpus has that split, ``probe`` (dict: the linear

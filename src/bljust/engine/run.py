@@ -120,6 +120,9 @@ class Counters:
     best_step: int = 0
     bad_steps: int = 0
     train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    """Wall clock of the processes that trained the run, from each one's start (or resume) to its last step,
+    validation, checkpoint and PL decoding included; a process killed after its last checkpoint adds nothing."""
     labeled_seconds: float = 0.0
     unlabeled_seconds: float = 0.0
     labeled_batches: int = 0
@@ -135,6 +138,7 @@ class Run:
                  ssl: bool = False, state: type = NoState):
         """``state``: the method's state dataclass (its fields are checkpointed and restored on resume), as
         ``run.method_state``."""
+        self._wall_mark = time.time()  # counters.wall_seconds counts from here in this process
         self.cfg, self.method = cfg, method
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
         self.dist = setup_distributed(cfg.train.device, cfg.train.dist_timeout)
@@ -510,6 +514,7 @@ class Run:
         self._step_ids = []
         if started is not None:
             c.train_seconds += time.time() - started
+        self._tick_wall()
         self.bar.update(1)
         if c.step % t.log_every == 0:
             audio = all_reduce_sum(self._window[0], self.dist, self.device)
@@ -589,7 +594,13 @@ class Run:
         self.counters.g_heldout_min = min(self.counters.g_heldout_min, g)
         return {"g_heldout": g, "penalty_gap_heldout": g - self.counters.g_heldout_min}
 
+    def _tick_wall(self) -> None:
+        now = time.time()
+        self.counters.wall_seconds += now - self._wall_mark
+        self._wall_mark = now
+
     def checkpoint(self) -> None:
+        self._tick_wall()  # a resumed run then counts the validation that preceded this checkpoint
         rngs = gather(rng_state(), self.dist)
         if self.dist.is_main:
             self.ckpts.save(self.counters.step, {
@@ -618,6 +629,7 @@ class Run:
             self.checkpoint()
         if self.bar is not None:
             self.bar.close()
+        self._tick_wall()
         w = self.dist.world_size
         labeled_total = sum(cut.duration for cut in self.labeled)
         summary = {
@@ -627,7 +639,7 @@ class Run:
             "skipped_audio": self.skipped.counts(), "skipped_audio_loads": self.skipped.hits,
             "dropped_utterances": dict(sorted(self.dropped.items())), "parameters": count_parameters(self.model),
             "inference_parameters": sum(p.numel() for n, p in self.model.named_parameters() if not n.startswith("ssl.")),
-            "train_seconds": c.train_seconds, "precision": self.precision,
+            "train_seconds": c.train_seconds, "wall_seconds": c.wall_seconds, "precision": self.precision,
             "labeled_hours_processed": c.labeled_seconds * w / 3600,
             "unlabeled_hours_processed": c.unlabeled_seconds * w / 3600,
             "labeled_passes": c.labeled_seconds * w / labeled_total,

@@ -329,7 +329,7 @@ def costs(inp: Inputs) -> list[tuple]:
     rule = (inp.results.get("budget") or {}).get("budget_rule")
     note = ("Means over seeds. " + COST_NOTES.get(rule, "A batch pass is one forward-backward pass over one batch.")
             + " Train min: the training steps alone; wall min: training with its validation, checkpoints and PL's "
-              "decoding of the unlabeled split.")
+              "decoding of the unlabeled split, summed over the processes of a resumed run.")
     return [("h", 2, "Cost" + (f" ({RULE_TITLES.get(rule, rule)})" if rule else "")), ("p", note),
             ("table", header, rows)]
 
