@@ -64,7 +64,7 @@ def test_a_run_record_names_the_code_it_started_training_with(tmp_path, monkeypa
     monkeypatch.setattr(results_module, "code_version",
                         lambda: {"version": "x", "commit": ("b" if state["trained"] else "a") * 40, "dirty": False})
     monkeypatch.setattr(results_module, "unlabeled_seconds", lambda data: 0.0)
-    monkeypatch.setattr(results_module, "run_costs", lambda summary, budget, seconds, unlabeled: {"train_seconds": 1.0})
+    monkeypatch.setattr(results_module, "run_costs", lambda summary, budget, unlabeled: {"train_seconds": 1.0})
     monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: {"dev": {"cer": 0.5}})
 
     def train(cfg, data, run_dir, resume):

@@ -383,11 +383,8 @@ def run_job(spec_path: Path) -> int:
         # Read before training: the checkout may move on during a long run, and this process trains with the
         # code it imported at its start. A run resumed across commits names the code of its last process.
         code = code_version()
-        started = time.time()
         summary = METHODS[train_method(spec["method"])](cfg, data, run_dir, resume=resume)
-        # the summary's wall clock spans every process that trained the run, this one's only its last part
-        costs = run_costs(summary, spec["budget"], summary.get("wall_seconds", time.time() - started),
-                          unlabeled_seconds(data))
+        costs = run_costs(summary, spec["budget"], unlabeled_seconds(data))
         costs["processor"] = processor_name(spec["device"])
     device = "cuda" if spec["device"].startswith("cuda") else "cpu"
     d = cfg.decode

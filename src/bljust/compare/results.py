@@ -71,14 +71,14 @@ def unlabeled_seconds(data: Path) -> float:
     return max(sum(c.duration for c in load_split(data, "unlabeled")), 1e-9)
 
 
-def run_costs(summary: dict, budget: int, wall_seconds: float, unlabeled_total_seconds: float) -> dict:
+def run_costs(summary: dict, budget: int, unlabeled_total_seconds: float) -> dict:
     """A run record's costs (``COST_KEYS``) from the summary its method returned."""
     lab_h, unl_h = summary["labeled_hours_processed"], summary["unlabeled_hours_processed"]
     return {
         "steps": summary["steps"], "budget": budget,
         "batch_passes": summary["labeled_batches"] + summary["unlabeled_batches"],
         "labeled_batches": summary["labeled_batches"], "unlabeled_batches": summary["unlabeled_batches"],
-        "train_seconds": summary["train_seconds"], "wall_seconds": wall_seconds, "audio_hours": lab_h + unl_h,
+        "train_seconds": summary["train_seconds"], "wall_seconds": summary["wall_seconds"], "audio_hours": lab_h + unl_h,
         "labeled_hours": lab_h, "unlabeled_hours": unl_h, "labeled_passes": summary["labeled_passes"],
         "unlabeled_passes": unl_h * 3600 / unlabeled_total_seconds,
         "parameters": summary["parameters"], "inference_parameters": summary["inference_parameters"],

@@ -121,8 +121,9 @@ class Counters:
     bad_steps: int = 0
     train_seconds: float = 0.0
     wall_seconds: float = 0.0
-    """Wall clock of the processes that trained the run, from each one's start (or resume) to its last step,
-    validation, checkpoint and PL decoding included; a process killed after its last checkpoint adds nothing."""
+    """Wall clock of the processes that trained the run, from each one's start (or resume) to its last checkpoint
+    (or the end), validation and PL decoding included; brought up to date only where it is read (checkpoint, finish),
+    so the training step does no extra work."""
     labeled_seconds: float = 0.0
     unlabeled_seconds: float = 0.0
     labeled_batches: int = 0
@@ -514,7 +515,6 @@ class Run:
         self._step_ids = []
         if started is not None:
             c.train_seconds += time.time() - started
-        self._tick_wall()
         self.bar.update(1)
         if c.step % t.log_every == 0:
             audio = all_reduce_sum(self._window[0], self.dist, self.device)
